@@ -1,0 +1,62 @@
+"""The error tree of clipperlite.
+
+::
+
+    ClipperError
+    ├── InvalidInputError (ValueError)        an input does not fit its app's input type
+    ├── UnknownApplicationError (KeyError)    no application has that name
+    ├── UnknownModelError (KeyError)          no model (or model version) has that name
+    ├── AlreadyExistsError                    an app name or a model version is taken
+    └── ClipperClosedError                    the Clipper is not running
+
+Every error carries the names it is about as attributes, so callers need not
+parse messages.
+"""
+
+from __future__ import annotations
+
+
+class ClipperError(Exception):
+    """Base of every error clipperlite raises; also raised for misuse with no subclass."""
+
+    def __str__(self) -> str:
+        # KeyError subclasses would otherwise print their message in quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidInputError(ClipperError, ValueError):
+    """An input does not fit the input type of the application it was sent to."""
+
+    def __init__(self, message: str, *, app: str | None = None, input_type: str | None = None):
+        super().__init__(message)
+        self.app = app
+        self.input_type = input_type
+
+
+class UnknownApplicationError(ClipperError, KeyError):
+    """No application is registered under that name."""
+
+    def __init__(self, message: str, *, app: str):
+        super().__init__(message)
+        self.app = app
+
+
+class UnknownModelError(ClipperError, KeyError):
+    """No model, or no such version of a model, is deployed under that name."""
+
+    def __init__(self, message: str, *, model: str, version: str | None = None):
+        super().__init__(message)
+        self.model = model
+        self.version = version
+
+
+class AlreadyExistsError(ClipperError):
+    """An application name, or a model version, is already taken."""
+
+    def __init__(self, message: str, *, name: str):
+        super().__init__(message)
+        self.name = name
+
+
+class ClipperClosedError(ClipperError):
+    """A query or a deployment reached a Clipper that is not running."""

@@ -1,0 +1,198 @@
+"""Clipper's input types: names and aliases, validation, and collision-safe cache keys."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+from ._errors import ClipperError, InvalidInputError
+
+INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings", "any")
+
+_ALIASES = {
+    "integers": "integers", "integer": "integers", "ints": "integers", "int": "integers",
+    "floats": "floats", "float": "floats",
+    "doubles": "doubles", "double": "doubles",
+    "bytes": "bytes", "byte": "bytes",
+    "strings": "strings", "string": "strings", "strs": "strings", "str": "strings",
+    "any": "any",
+}  # fmt: skip
+
+_NUMERIC: dict[str, tuple[np.dtype[Any], str]] = {
+    "integers": (np.dtype(np.int32), "iu"),
+    "floats": (np.dtype(np.float32), "iuf"),
+    "doubles": (np.dtype(np.float64), "iuf"),
+}
+_INT32 = np.iinfo(np.int32)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+#: validate(x, app) -> the value models see; raises InvalidInputError.
+Validator = Callable[[Any, str], Any]
+#: key(validated x) -> a hashable, collision-safe key, or None when x cannot be keyed.
+KeyFunc = Callable[[Any], Hashable | None]
+
+
+def normalize_input_type(name: object) -> str:
+    """The canonical name of an input type, accepting Clipper's aliases."""
+    if isinstance(name, str):
+        canonical = _ALIASES.get(name.strip().lower())
+        if canonical is not None:
+            return canonical
+    raise ClipperError(
+        f"unknown input type {name!r}: use one of {', '.join(INPUT_TYPES)}"
+        " (or an alias such as 'ints', 'double', 'str')"
+    )
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _invalid(app: str, input_type: str, what: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"app {app!r} expects {input_type}: {what}", app=app, input_type=input_type
+    )
+
+
+def _bad_element(items: Any, input_type: str) -> str:
+    """Name the first element of a sequence that does not fit a numeric type."""
+    allowed: tuple[type, ...] = (
+        (int, np.integer) if input_type == "integers" else (int, float, np.integer, np.floating)
+    )
+    v: Any
+    for i, v in enumerate(items):
+        if isinstance(v, bool | np.bool_) or not isinstance(v, allowed):
+            kind = "nested" if isinstance(v, list | tuple | np.ndarray) else "not a number"
+            if input_type == "integers" and isinstance(v, float | np.floating):
+                kind = "not an integer"
+            return f"element {i} is {_describe(v)}: {kind}"
+        if input_type == "integers" and not (_INT32.min <= int(v) <= _INT32.max):
+            return f"element {i} is {v!r}: out of the int32 range"
+        if input_type == "floats" and math.isfinite(float(v)) and abs(float(v)) > _FLOAT32_MAX:
+            return f"element {i} is {v!r}: out of the float32 range"
+    return "its elements are of mixed or unsupported types"
+
+
+def _numeric_validator(input_type: str) -> Validator:
+    dtype, kinds = _NUMERIC[input_type]
+
+    def validate(x: Any, app: str) -> np.ndarray:
+        if isinstance(x, np.ndarray):
+            arr = x
+            from_list = False
+        elif isinstance(x, list | tuple):
+            from_list = True
+            try:
+                arr = np.asarray(x)
+            except (ValueError, TypeError, OverflowError):
+                raise _invalid(app, input_type, _bad_element(x, input_type)) from None
+        else:
+            raise _invalid(
+                app,
+                input_type,
+                f"got {_describe(x)}; expected a list, tuple or 1-D numpy array of numbers",
+            )
+        if arr.ndim != 1:
+            what = "nested" if arr.ndim > 1 else "a scalar array"
+            if arr.ndim == 0 or arr.dtype.kind != "O":
+                raise _invalid(app, input_type, f"got a {arr.ndim}-D array ({what}); expected 1-D")
+        if arr.size == 0:
+            raise _invalid(app, input_type, "got an empty input")
+        kind = arr.dtype.kind
+        if kind not in kinds:
+            items = arr.tolist() if not from_list else x
+            raise _invalid(app, input_type, _bad_element(items, input_type))
+        if from_list and bool in set(map(type, x)):
+            raise _invalid(app, input_type, _bad_element(x, input_type))
+        if input_type == "integers":
+            if arr.dtype != dtype and (arr.min() < _INT32.min or arr.max() > _INT32.max):
+                raise _invalid(app, input_type, _bad_element(arr.tolist(), input_type))
+        elif input_type == "floats" and arr.dtype != dtype:
+            finite = arr[np.isfinite(arr)] if kind == "f" else arr
+            if finite.size and float(np.abs(finite).max()) > _FLOAT32_MAX:
+                raise _invalid(app, input_type, _bad_element(arr.tolist(), input_type))
+        # Always a private copy: a caller mutating its array later must not change a
+        # queued query or a cached key.
+        out = np.array(arr, dtype=dtype, copy=True) if arr is x or arr.dtype != dtype else arr
+        out.flags.writeable = False
+        return out
+
+    return validate
+
+
+def _validate_bytes(x: Any, app: str) -> bytes:
+    if isinstance(x, bytes | bytearray | memoryview):
+        value = bytes(x)
+    elif isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == np.uint8:
+        value = x.tobytes()
+    else:
+        raise _invalid(app, "bytes", f"got {_describe(x)}; expected bytes or bytearray")
+    if not value:
+        raise _invalid(app, "bytes", "got an empty input")
+    return value
+
+
+def _validate_string(x: Any, app: str) -> str:
+    if not isinstance(x, str):
+        raise _invalid(app, "strings", f"got {_describe(x)}; expected str")
+    if not x:
+        raise _invalid(app, "strings", "got an empty input")
+    return x
+
+
+def _validate_any(x: Any, app: str) -> Any:
+    return x
+
+
+def make_validator(input_type: str) -> Validator:
+    """The validator for a canonical input type."""
+    if input_type in _NUMERIC:
+        return _numeric_validator(input_type)
+    return {"bytes": _validate_bytes, "strings": _validate_string, "any": _validate_any}[input_type]
+
+
+def _array_key(x: np.ndarray[Any, Any]) -> Hashable:
+    # Validated arrays have a fixed dtype and are 1-D, so the bytes alone identify them.
+    key: bytes = x.tobytes()
+    return key
+
+
+def _identity_key(x: Any) -> Hashable:
+    key: Hashable = x
+    return key
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _freeze(x: Any) -> Hashable | None:
+    """A type-tagged key for an "any" input, or None when it cannot be keyed safely."""
+    t = type(x)
+    if t in _SCALARS:
+        return (t.__name__, x)
+    if t is tuple or t is list:
+        parts = []
+        for item in x:
+            part = _freeze(item)
+            if part is None:
+                return None
+            parts.append(part)
+        return (t.__name__, tuple(parts))
+    if t is np.ndarray and x.dtype.kind in "biufcSU":
+        return ("ndarray", x.dtype.str, x.shape, x.tobytes())
+    return None
+
+
+def make_key_func(input_type: str) -> KeyFunc:
+    """The cache-key function for a canonical input type (keys are compared by equality)."""
+    if input_type in _NUMERIC:
+        return _array_key
+    if input_type == "any":
+        return _freeze
+    return _identity_key

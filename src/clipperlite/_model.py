@@ -1,0 +1,186 @@
+"""One deployed model version: its batcher, its replicas and its statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._aimd import AIMD, FixedBatchSize
+from ._backends import Replica, make_replica
+from ._batching import Batcher, Query, ReplicaSlot
+from ._clock import Clock
+from ._types import Cause, Failure
+
+logger = logging.getLogger("clipperlite")
+
+#: The AIMD budget when no app links the model yet (seconds).
+UNLINKED_SLO = 0.1
+_MIN_BUDGET = 0.0005
+
+
+def budget_for(slo: float, batch_wait: float) -> float:
+    """The batch-latency budget B that lets queueing plus processing fit `slo` (seconds).
+
+    With replicas pulling whole batches, a query that arrives just after a batch
+    started waits for it (at most B) and then runs in the next one (at most B), and
+    may first sit out the batch wait: 2 B + batch_wait <= SLO.
+    """
+    return max(_MIN_BUDGET, (slo - batch_wait) / 2.0)
+
+
+class ModelVersion:
+    """A version of a model that is deployed: replicas pulling from one EDF batcher."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int | str,
+        input_type: str,
+        func: Callable[[list[Any]], Any],
+        *,
+        backend: str,
+        batch_size: int | None,
+        batch_wait: float,
+        max_queue: int,
+        clock: Clock,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.version_key = str(version)
+        self.input_type = input_type
+        self.func = func
+        self.backend = backend
+        self.batch_size = batch_size
+        self.sizer: AIMD | FixedBatchSize = (
+            FixedBatchSize(batch_size)
+            if batch_size is not None
+            else AIMD(budget_for(UNLINKED_SLO, batch_wait), ceiling=max_queue)
+        )
+        self.batcher = Batcher(
+            self.sizer,
+            batch_wait=batch_wait,
+            max_queue=max_queue,
+            clock=clock,
+            describe=f"{name}:{version}",
+        )
+        self.batch_wait = batch_wait
+        self._replicas: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]] = []
+        self._serial = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.abandoned = 0
+        self.stopped = False
+
+    def __repr__(self) -> str:
+        return f"<ModelVersion {self.name}:{self.version} replicas={self.num_replicas}>"
+
+    @property
+    def num_replicas(self) -> int:
+        return self.batcher.active_replicas
+
+    def set_slo(self, slo: float) -> None:
+        """Re-derive the AIMD budget from the tightest SLO of the apps this model serves."""
+        if isinstance(self.sizer, AIMD):
+            self.sizer.budget = budget_for(slo, self.batch_wait)
+
+    def submit(self, q: Query) -> Failure | None:
+        """Queue a query for this version, or say why it cannot be."""
+        if self.stopped:
+            return Failure(Cause.NO_REPLICA, "is not deployed (it was stopped)")
+        return self.batcher.submit(q)
+
+    async def _add_replica(self) -> None:
+        self._serial += 1
+        name = f"clipperlite:{self.name}:{self.version}:{self._serial}"
+        replica = make_replica(self.backend, self.func, name)
+        await replica.start()
+        slot = ReplicaSlot(replica.run_batch, name)
+        self.batcher.replicas.append(slot)
+        task = asyncio.get_running_loop().create_task(self.batcher.serve(slot), name=name)
+        task.add_done_callback(self._on_replica_exit)
+        self._replicas.append((replica, slot, task))
+
+    def _on_replica_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "clipperlite: replica %s failed", task.get_name(), exc_info=task.exception()
+            )
+
+    async def set_num_replicas(self, n: int, grace: float) -> None:
+        """Start or stop replicas until `n` run; with 0, queued queries get the default at once."""
+        while len(self._replicas) < n:
+            await self._add_replica()
+        doomed = self._replicas[n:]
+        del self._replicas[n:]
+        for _, slot, _ in doomed:
+            slot.stopping = True
+        for _, slot, _ in doomed:
+            self.batcher.replicas.remove(slot)
+        self.batcher.wake_all()
+        if n == 0:
+            self.batcher.fail_queued(Failure(Cause.NO_REPLICA, "has no running replica"))
+        await self._retire(doomed, grace)
+
+    async def _retire(
+        self, doomed: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]], grace: float
+    ) -> None:
+        if not doomed:
+            return
+        tasks = [t for _, _, t in doomed]
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.1)
+        results = await asyncio.gather(
+            *(r.stop(0.0 if pending else max(0.05, grace)) for r, _, _ in doomed)
+        )
+        self.abandoned += sum(1 for ok in results if not ok)
+
+    async def stop(self, grace: float, failure: Failure) -> None:
+        """Answer everything queued with `failure`, let running batches finish within
+        `grace` seconds, then stop every replica (abandoning any stuck in the model)."""
+        self.stopped = True
+        batcher = self.batcher
+        batcher.close()
+        batcher.fail_queued(failure)
+        doomed, self._replicas = self._replicas, []
+        for _, slot, _ in doomed:
+            slot.stopping = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        tasks = [t for _, _, t in doomed]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        batcher.fail_running(failure)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=0.1)
+        left = max(0.05, end - loop.time())
+        results = await asyncio.gather(*(r.stop(left) for r, _, _ in doomed))
+        self.abandoned += sum(1 for ok in results if not ok)
+        batcher.replicas.clear()
+
+    def statistics(self) -> dict[str, Any]:
+        """Plain counters and gauges for `metrics()`."""
+        s = self.batcher.stats
+        return {
+            "batches": s.batches,
+            "mean_batch_size": (s.items / s.batches) if s.batches else 0.0,
+            "max_batch_size": self.sizer.max_batch,
+            "batch_latency_micros": s.latency_ewma * 1e6,
+            "queue_length": len(self.batcher.queue),
+            "errors": s.errors,
+            "retried_batches": s.retries,
+            "expired_in_queue": s.expired,
+            "cancelled_in_queue": s.cancelled,
+            "rejected_queue_full": s.rejected,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "num_replicas": self.num_replicas,
+            "abandoned_threads": self.abandoned,
+        }

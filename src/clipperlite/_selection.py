@@ -1,0 +1,257 @@
+"""Model selection: the policy protocol, Exp3 (pick one model) and Exp4 (ensemble).
+
+Policies are pure: clipperlite keeps each app's state and hands it back on every
+call, so one policy object can serve many apps. States are plain dicts of lists
+(JSON-able), weights kept in log space so long runs never overflow or underflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: loss(output, label) -> float in [0, 1].
+Loss = Callable[[Any, Any], float]
+
+_LOG_FLOOR = -700.0  # exp(-700) is still a positive double
+
+
+@runtime_checkable
+class SelectionPolicy(Protocol):
+    """Chooses which linked models answer a query and learns from feedback.
+
+    clipperlite holds the per-app `state`; a policy must not keep per-app data itself.
+    """
+
+    def init_state(self, models: list[str], previous: Any = None) -> Any:
+        """Fresh state for these linked models; `previous` is the old state if links change."""
+        ...
+
+    def select(self, state: Any, x: Any) -> list[str]:
+        """The models to query for x."""
+        ...
+
+    def combine(self, state: Any, x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
+        """(answer, confidence in [0, 1]) from the outputs that arrived in time (never empty)."""
+        ...
+
+    def observe(self, state: Any, x: Any, y: Any, outputs: dict[str, Any]) -> Any:
+        """The new state after feedback y for x, given those models' outputs for x."""
+        ...
+
+
+def _is_float(v: Any) -> bool:
+    return isinstance(v, float | np.floating)
+
+
+def _is_numeric_array(v: Any) -> bool:
+    return isinstance(v, np.ndarray) and v.dtype.kind in "iuf"
+
+
+def default_loss(output: Any, label: Any) -> float:
+    """0 if the output equals the label, else 1; for numbers |output - label| clipped to [0, 1]."""
+    try:
+        if _is_float(output) or _is_numeric_array(output):
+            err = float(
+                np.mean(np.abs(np.asarray(output, dtype=float) - np.asarray(label, dtype=float)))
+            )
+            return 1.0 if math.isnan(err) else min(1.0, err)
+        if isinstance(output, np.ndarray) or isinstance(label, np.ndarray):
+            return 0.0 if np.array_equal(output, label) else 1.0
+        return 0.0 if output == label else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _check_loss(value: Any) -> float:
+    loss = float(value)
+    if math.isnan(loss):
+        return 1.0
+    return min(1.0, max(0.0, loss))
+
+
+def _carry_over(models: list[str], previous: Any) -> list[float]:
+    """Log weights for `models`: those known to `previous` kept, newcomers at the mean weight."""
+    old: dict[str, float] = {}
+    if isinstance(previous, dict) and "models" in previous and "log_weights" in previous:
+        old = dict(zip(previous["models"], previous["log_weights"], strict=False))
+    known = [old[m] for m in models if m in old]
+    if known:
+        top = max(known)
+        newcomer = top + math.log(sum(math.exp(w - top) for w in known) / len(known))
+    else:
+        newcomer = 0.0
+    return [float(old.get(m, newcomer)) for m in models]
+
+
+def _normalised(log_weights: Sequence[float]) -> list[float]:
+    top = max(log_weights)
+    return [max(_LOG_FLOOR, w - top) for w in log_weights]
+
+
+def _probabilities(log_weights: Sequence[float]) -> list[float]:
+    top = max(log_weights)
+    ws = [math.exp(w - top) for w in log_weights]
+    total = sum(ws)
+    return [w / total for w in ws]
+
+
+class Exp3:
+    """Picks one model per query, with probability (1 - gamma) w_i / sum(w) + gamma / K.
+
+    On feedback, the chosen model's weight is multiplied by exp(-eta * loss / p_i)
+    (importance weighted); gamma > 0 keeps every model in play so one that recovers
+    is found again. Confidence is always 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        eta: float = 0.1,
+        gamma: float = 0.05,
+        loss: Loss | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        if not eta > 0:
+            raise ValueError(f"Exp3 eta must be > 0, got {eta!r}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"Exp3 gamma must be in (0, 1], got {gamma!r}")
+        self.eta = eta
+        self.gamma = gamma
+        self.loss = loss or default_loss
+        self._random = np.random.default_rng(rng).random
+
+    def __repr__(self) -> str:
+        return f"Exp3(eta={self.eta!r}, gamma={self.gamma!r})"
+
+    def init_state(self, models: list[str], previous: Any = None) -> dict[str, Any]:
+        return {"models": list(models), "log_weights": _carry_over(models, previous)}
+
+    def probabilities(self, state: dict[str, Any]) -> list[float]:
+        """Each model's chance of being picked, in `state["models"]` order."""
+        k = len(state["models"])
+        g = self.gamma
+        return [(1.0 - g) * p + g / k for p in _probabilities(state["log_weights"])]
+
+    def select(self, state: dict[str, Any], x: Any) -> list[str]:
+        models = state["models"]
+        if len(models) == 1:
+            return [models[0]]
+        r = self._random()
+        acc = 0.0
+        for name, p in zip(models, self.probabilities(state), strict=True):
+            acc += p
+            if r < acc:
+                return [name]
+        return [models[-1]]
+
+    def combine(self, state: dict[str, Any], x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
+        return next(iter(outputs.values())), 1.0
+
+    def observe(
+        self, state: dict[str, Any], x: Any, y: Any, outputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        models = state["models"]
+        probs = self.probabilities(state)
+        log_weights = list(state["log_weights"])
+        for name, output in outputs.items():
+            if name not in models:
+                continue
+            i = models.index(name)
+            loss = _check_loss(self.loss(output, y))
+            log_weights[i] -= self.eta * loss / probs[i]
+        return {"models": list(models), "log_weights": _normalised(log_weights)}
+
+
+class Exp4:
+    """Queries every linked model and combines by weight: a mean for numbers, a vote for labels.
+
+    Confidence is the share of the selected models' weight that agrees with the
+    answer (vote) or that answered in time (mean), so stragglers lower it. On
+    feedback every model that answered has its weight multiplied by exp(-eta * loss).
+    """
+
+    def __init__(
+        self,
+        *,
+        eta: float = 0.1,
+        loss: Loss | None = None,
+        combiner: Callable[[dict[str, Any], dict[str, float]], tuple[Any, float]] | None = None,
+    ) -> None:
+        if not eta > 0:
+            raise ValueError(f"Exp4 eta must be > 0, got {eta!r}")
+        self.eta = eta
+        self.loss = loss or default_loss
+        self.combiner = combiner
+
+    def __repr__(self) -> str:
+        return f"Exp4(eta={self.eta!r})"
+
+    def init_state(self, models: list[str], previous: Any = None) -> dict[str, Any]:
+        return {"models": list(models), "log_weights": _carry_over(models, previous)}
+
+    def select(self, state: dict[str, Any], x: Any) -> list[str]:
+        return list(state["models"])
+
+    def weights(self, state: dict[str, Any]) -> dict[str, float]:
+        """Each model's normalised weight."""
+        return dict(zip(state["models"], _probabilities(state["log_weights"]), strict=True))
+
+    def combine(self, state: dict[str, Any], x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
+        weights = self.weights(state)
+        if self.combiner is not None:
+            return self.combiner(outputs, weights)
+        total = sum(weights.values())
+        arrived = {m: weights.get(m, 0.0) for m in outputs}
+        got = sum(arrived.values())
+        values = list(outputs.values())
+        if got <= 0:
+            arrived = {m: 1.0 for m in outputs}
+            got = float(len(outputs))
+        if all(_is_float(v) for v in values):
+            mean = sum(arrived[m] * float(v) for m, v in outputs.items()) / got
+            return mean, min(1.0, got / total) if total > 0 else 1.0
+        if all(_is_numeric_array(v) for v in values) and len({v.shape for v in values}) == 1:
+            stacked = np.stack([np.asarray(v, dtype=float) for v in values])
+            w = np.array([arrived[m] for m in outputs]) / got
+            return np.tensordot(w, stacked, axes=1), min(1.0, got / total) if total > 0 else 1.0
+        tally: dict[Hashable, float] = {}
+        first: dict[Hashable, Any] = {}
+        for m, v in outputs.items():
+            key = _vote_key(v)
+            tally[key] = tally.get(key, 0.0) + arrived[m]
+            first.setdefault(key, v)
+        best = max(tally, key=tally.__getitem__)
+        return first[best], min(1.0, tally[best] / total) if total > 0 else 1.0
+
+    def observe(
+        self, state: dict[str, Any], x: Any, y: Any, outputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        models = state["models"]
+        log_weights = list(state["log_weights"])
+        for name, output in outputs.items():
+            if name in models:
+                i = models.index(name)
+                log_weights[i] -= self.eta * _check_loss(self.loss(output, y))
+        return {"models": list(models), "log_weights": _normalised(log_weights)}
+
+
+def _vote_key(v: Any) -> Hashable:
+    if isinstance(v, np.ndarray):
+        return ("ndarray", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, np.generic):
+        return v.item()  # type: ignore[no-any-return]
+    try:
+        hash(v)
+    except TypeError:
+        return ("repr", repr(v))
+    return v  # type: ignore[no-any-return]
+
+
+BUILTIN_POLICIES: dict[str, Callable[[np.random.Generator], SelectionPolicy]] = {
+    "exp3": lambda rng: Exp3(rng=rng),
+    "exp4": lambda rng: Exp4(),
+}
