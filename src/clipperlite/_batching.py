@@ -151,25 +151,25 @@ class EDFQueue:
         self._fifo.clear()
         return out
 
-    def purge(self, now: float) -> list[tuple[Query, Cause]]:
-        """Remove every query that is past its deadline or has no waiter left."""
+    def shed_expired(self, now: float) -> list[tuple[Query, Cause]]:
+        """Remove queries from the front of the queue that are past their deadline or have
+        no waiter left (O(k log n) for k removed; cancelled queries deeper in are left)."""
+        heap = self._heap
         dropped: list[tuple[Query, Cause]] = []
-        kept: list[tuple[float, int, Query]] = []
-        for entry in self._heap:
-            deadline, seq, q = entry
+        while heap:
+            deadline, seq, q = heap[0]
             if q.seq != seq or q.state != QUEUED:
+                heapq.heappop(heap)
                 continue
             if not q.alive():
                 dropped.append((q, Cause.CANCELLED))
             elif deadline <= now:
                 dropped.append((q, Cause.DEADLINE))
             else:
-                kept.append(entry)
-                continue
+                break
+            heapq.heappop(heap)
             q.state = TAKEN
             self._live -= 1
-        heapq.heapify(kept)
-        self._heap = kept
         return dropped
 
 
@@ -243,17 +243,17 @@ class Batcher:
     # -- admission -----------------------------------------------------------------
     @property
     def active_replicas(self) -> int:
-        return sum(1 for r in self.replicas if not r.stopping)
+        return len(self.replicas)
 
     def submit(self, q: Query) -> Failure | None:
         """Queue a query, or say why it cannot be (no replica, queue full, closing)."""
         if self.closed:
             return Failure(Cause.SHUTDOWN, "is shutting down")
-        if not self.active_replicas:
+        if not self.replicas:
             return Failure(Cause.NO_REPLICA, "has no running replica")
         queue = self.queue
         if len(queue) >= self.max_queue:
-            self._shed(queue.purge(self.clock()))
+            self._shed(queue.shed_expired(self.clock()))
             if len(queue) >= self.max_queue:
                 self.stats.rejected += 1
                 return Failure(Cause.QUEUE_FULL, f"queue is full ({self.max_queue} queries)")

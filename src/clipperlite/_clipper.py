@@ -29,6 +29,7 @@ from ._inputs import KeyFunc, Validator, make_key_func, make_validator, normaliz
 from ._model import UNLINKED_SLO, ModelVersion
 from ._selection import BUILTIN_POLICIES, SelectionPolicy
 from ._stats import LatencyHistogram
+from ._timers import DeadlineTimer
 from ._types import Cause, Failure, Prediction
 
 logger = logging.getLogger("clipperlite")
@@ -106,6 +107,9 @@ def _count(name: str, value: object, *, minimum: int) -> int:
     return int(value)
 
 
+_LATE = Failure(Cause.DEADLINE, "did not answer within the deadline")
+
+
 def _expire(fut: asyncio.Future[Any], failure: Failure) -> None:
     if not fut.done():
         fut.set_result(failure)
@@ -140,6 +144,7 @@ class Clipper:
         self._state = _State.NOT_STARTED
         self._clock = monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: DeadlineTimer | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._abandoned = 0
 
@@ -153,7 +158,9 @@ class Clipper:
             raise ClipperError("this Clipper is already running")
         if self._state is _State.CLOSED:
             raise ClipperError("this Clipper was stopped and cannot start again; make a new one")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        self._timer = DeadlineTimer(loop)
         self._state = _State.RUNNING
         return self
 
@@ -173,6 +180,9 @@ class Clipper:
             versions = [v for m in self._models.values() for v in m.versions.values()]
             await asyncio.shield(asyncio.gather(*(v.stop(self._grace, failure) for v in versions)))
             self._abandoned += sum(v.abandoned for v in versions)
+            if self._timer is not None:
+                self._timer.expire_all()
+                self._timer.close()
         finally:
             _set_none(self._stopping)
 
@@ -600,7 +610,9 @@ class Clipper:
         try:
             state = self._policy_state(a)
             chosen = policy.select(state, xv)
-            if not chosen or any(m not in a.links for m in chosen):
+            if (len(chosen) != 1 or chosen[0] not in a.links) and (
+                not chosen or any(m not in a.links for m in chosen)
+            ):
                 raise ClipperError(f"selected {chosen!r}, but the linked models are {a.links!r}")
         except Exception as exc:
             return self._default(
@@ -648,6 +660,17 @@ class Clipper:
         self, a: _App, chosen: list[str], xv: Any, key: Hashable | None, now: float, deadline: float
     ) -> tuple[dict[str, Any], list[tuple[str, ModelVersion | None, Failure]]]:
         """Outputs of the chosen models that arrive by the deadline, and why the rest did not."""
+        timer = self._timer
+        assert timer is not None
+        if len(chosen) == 1:  # the common case (Exp3), kept lean
+            name = chosen[0]
+            got, mv = self._start(a, name, xv, key, now, deadline)
+            if isinstance(got, asyncio.Future):
+                timer.add(deadline, got, _LATE)
+                got = await got
+            if isinstance(got, Failure):
+                return {}, [(name, mv, got)]
+            return {name: got}, []
         outputs: dict[str, Any] = {}
         failures: list[tuple[str, ModelVersion | None, Failure]] = []
         waiting: list[tuple[str, ModelVersion | None, asyncio.Future[Any]]] = []
@@ -660,19 +683,7 @@ class Clipper:
             else:
                 outputs[name] = got
         if waiting:
-            loop = self._loop
-            assert loop is not None
-            late = Failure(Cause.DEADLINE, "did not answer within the deadline")
-            delay = deadline - self._clock()
-            if len(waiting) == 1:
-                fut = waiting[0][2]
-                handle = loop.call_later(delay, _expire, fut, late)
-                try:
-                    await fut
-                finally:
-                    handle.cancel()
-            else:
-                await self._wait_all([f for _, _, f in waiting], delay, late)
+            await self._wait_all([f for _, _, f in waiting], deadline)
             for name, mv, fut in waiting:
                 result = fut.result()
                 if isinstance(result, Failure):
@@ -681,10 +692,12 @@ class Clipper:
                     outputs[name] = result
         return outputs, failures
 
-    async def _wait_all(self, futs: list[asyncio.Future[Any]], delay: float, late: Failure) -> None:
+    async def _wait_all(self, futs: list[asyncio.Future[Any]], deadline: float) -> None:
+        """Wait until every future is done or the deadline passes; stragglers then get
+        the deadline failure, which also tells their queries that we stopped waiting."""
         loop = self._loop
-        assert loop is not None
-        everyone = loop.create_future()
+        assert loop is not None and self._timer is not None
+        everyone: asyncio.Future[Any] = loop.create_future()
         left = [len(futs)]
 
         def one_done(_: asyncio.Future[Any]) -> None:
@@ -694,14 +707,13 @@ class Clipper:
 
         for f in futs:
             f.add_done_callback(one_done)
-        handle = loop.call_later(delay, _set_none, everyone)
+        self._timer.add(deadline, everyone, None)
         try:
             await everyone
         finally:
-            handle.cancel()
             for f in futs:
                 f.remove_done_callback(one_done)
-                _expire(f, late)  # stragglers: give up our interest in them
+                _expire(f, _LATE)
 
     async def feedback(self, app: str, x: Any, y: Any) -> None:
         """Tell the app's policy the right answer for x, so its weights move toward the

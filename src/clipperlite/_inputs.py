@@ -65,16 +65,16 @@ def _bad_element(items: Any, input_type: str) -> str:
     allowed: tuple[type, ...] = (
         (int, np.integer) if input_type == "integers" else (int, float, np.integer, np.floating)
     )
-    v: Any
     for i, v in enumerate(items):
         if isinstance(v, bool | np.bool_) or not isinstance(v, allowed):
             kind = "nested" if isinstance(v, list | tuple | np.ndarray) else "not a number"
             if input_type == "integers" and isinstance(v, float | np.floating):
                 kind = "not an integer"
             return f"element {i} is {_describe(v)}: {kind}"
-        if input_type == "integers" and not (_INT32.min <= int(v) <= _INT32.max):
+        num: Any = v
+        if input_type == "integers" and not (_INT32.min <= num <= _INT32.max):
             return f"element {i} is {v!r}: out of the int32 range"
-        if input_type == "floats" and math.isfinite(float(v)) and abs(float(v)) > _FLOAT32_MAX:
+        if input_type == "floats" and math.isfinite(num) and abs(num) > _FLOAT32_MAX:
             return f"element {i} is {v!r}: out of the float32 range"
     return "its elements are of mixed or unsupported types"
 
