@@ -1,4 +1,4 @@
-"""Where a model's `func` runs: a worker thread per replica, or the event loop itself.
+"""Where a model's `func` runs: a worker thread, a worker process, or the event loop.
 
 Each replica object exposes `run_batch(xs)`; the batcher awaits it and never knows
 which kind it is.
@@ -9,14 +9,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import pickle
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any, Protocol
+
+import cloudpickle
+
+from ._types import WorkerDied
 
 logger = logging.getLogger("clipperlite")
 
-BACKENDS = ("thread", "async")
+BACKENDS = ("thread", "process", "async")
 
 
 class Replica(Protocol):
@@ -59,7 +68,7 @@ class ThreadReplica:
     """
 
     def __init__(self, func: Callable[[list[Any]], Any], name: str) -> None:
-        self.func = func
+        self.func: Callable[[list[Any]], Any] = func
         self.name = name
         self._inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], list[Any]] | None] = (
             queue.SimpleQueue()
@@ -69,17 +78,40 @@ class ThreadReplica:
         self._exited: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._exited = self._loop.create_future()
-        self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+        self._loop = loop = asyncio.get_running_loop()
+        self._exited = loop.create_future()
+        ready: asyncio.Future[Any] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._work, args=(ready,), name=self.name, daemon=True
+        )
         self._thread.start()
+        await ready
 
-    def _work(self) -> None:
+    def _setup(self) -> None:
+        """Runs first on the worker thread (a subclass may load its model here)."""
+
+    def _teardown(self) -> None:
+        """Runs last on the worker thread."""
+
+    def _force_stop(self) -> bool:
+        """Free a worker stuck in its model call, if this kind of replica can."""
+        return False
+
+    def _work(self, ready: asyncio.Future[Any]) -> None:
         loop = self._loop
         assert loop is not None and self._exited is not None
         try:
+            try:
+                self._setup()
+            except Exception as exc:
+                loop.call_soon_threadsafe(_deliver, ready, False, exc)
+                return
+            loop.call_soon_threadsafe(_deliver, ready, True, None)
             self._serve(loop)
+        except RuntimeError:  # the loop closed under us: nobody is listening any more
+            pass
         finally:
+            self._teardown()
             try:
                 loop.call_soon_threadsafe(_deliver, self._exited, True, None)
             except RuntimeError:
@@ -98,10 +130,7 @@ class ThreadReplica:
                 ok = True
             except Exception as exc:
                 result, ok = exc, False
-            try:
-                loop.call_soon_threadsafe(_deliver, fut, ok, result)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
+            loop.call_soon_threadsafe(_deliver, fut, ok, result)
             del item, fut, xs, result
 
     async def run_batch(self, xs: list[Any]) -> Any:
@@ -121,6 +150,8 @@ class ThreadReplica:
         self._inbox.put(None)
         assert self._exited is not None
         await asyncio.wait([self._exited], timeout=grace)
+        if not self._exited.done() and self._force_stop():
+            await asyncio.wait([self._exited], timeout=1.0)
         if self._exited.done():
             thread.join(timeout=1.0)  # it has left its loop; this returns at once
         if thread.is_alive():
@@ -152,10 +183,165 @@ class AsyncReplica:
         return True
 
 
+class _ChildProcess:
+    """A worker process running one model, spoken to over a pair of pipes.
+
+    Started with `python -c` rather than multiprocessing so that the user's `__main__`
+    is never re-imported; `func` travels cloudpickled. Called from the replica's own
+    thread, so the blocking pipe reads never touch the event loop.
+    """
+
+    def __init__(self, payload: bytes, name: str) -> None:
+        self._payload = payload
+        self._name = name
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn_in: Connection | None = None
+        self._conn_out: Connection | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Start the process and wait until it has loaded the model."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        code = "from clipperlite._backends import child_main; child_main()"
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._conn_out = Connection(to_child_w, readable=False)
+        self._conn_in = Connection(from_child_r, writable=False)
+        self._conn_out.send_bytes(self._payload)
+        ok, value = self._receive()
+        if not ok:
+            self.close()
+            raise value
+
+    def _receive(self) -> tuple[bool, Any]:
+        assert self._conn_in is not None and self._proc is not None
+        try:
+            data = self._conn_in.recv_bytes()
+        except (EOFError, OSError) as exc:
+            code = self._proc.wait(timeout=5)
+            raise WorkerDied(f"worker process {self._name} exited with code {code}") from exc
+        result: tuple[bool, Any] = pickle.loads(data)  # from our own child only
+        return result
+
+    def __call__(self, xs: list[Any]) -> Any:
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self.restarts += 1
+            self.start()  # replace a worker that died
+        assert self._conn_out is not None
+        try:
+            self._conn_out.send_bytes(cloudpickle.dumps(xs, protocol=pickle.HIGHEST_PROTOCOL))
+            ok, value = self._receive()
+        except WorkerDied:
+            self.close()
+            raise
+        except (BrokenPipeError, OSError) as exc:
+            self.close()
+            raise WorkerDied(f"worker process {self._name} is gone: {exc}") from exc
+        if ok:
+            return value
+        raise value
+
+    def kill(self) -> None:
+        """Kill the process now (safe from any thread)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def close(self, grace: float = 0.0) -> None:
+        """Ask the process to exit; kill it if it has not within `grace` seconds."""
+        proc, self._proc = self._proc, None
+        for conn in (self._conn_out, self._conn_in):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self._conn_in = self._conn_out = None
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _portable_error(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def child_main() -> None:
+    """Entry point of a worker process: load the model, then answer batches until EOF."""
+    conn_in = Connection(int(sys.argv[1]), writable=False)
+    conn_out = Connection(int(sys.argv[2]), readable=False)
+    try:
+        func = pickle.loads(conn_in.recv_bytes())
+    except Exception as exc:  # the model cannot be loaded here
+        conn_out.send_bytes(pickle.dumps((False, _portable_error(exc))))
+        return
+    conn_out.send_bytes(pickle.dumps((True, None)))
+    while True:
+        try:
+            xs = pickle.loads(conn_in.recv_bytes())
+        except EOFError:
+            return
+        try:
+            reply = (True, func(xs))
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            data = pickle.dumps((False, _portable_error(exc)))
+        conn_out.send_bytes(data)
+
+
+class ProcessReplica(ThreadReplica):
+    """Runs a model in a worker process of its own (fed by a thread of the replica's own).
+
+    A process that dies is replaced before the next batch; the batch it was running
+    gets the "worker died" default.
+    """
+
+    def __init__(self, func: Callable[[list[Any]], Any], name: str) -> None:
+        try:
+            payload = cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"the model cannot be sent to a worker process: {exc}") from exc
+        self._child = _ChildProcess(payload, name)
+        super().__init__(self._child, name)
+
+    def _setup(self) -> None:
+        self._child.start()
+
+    def _teardown(self) -> None:
+        self._child.close(1.0)
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
+
+    def _force_stop(self) -> bool:
+        self._child.kill()  # the thread is blocked on the pipe; killing the child frees it
+        return True
+
+
 def make_replica(backend: str, func: Callable[[list[Any]], Any], name: str) -> Replica:
     """A replica of the given backend kind."""
     if backend == "thread":
         return ThreadReplica(func, name)
     if backend == "async":
         return AsyncReplica(func, name)
+    if backend == "process":
+        return ProcessReplica(func, name)
     raise ValueError(backend)
