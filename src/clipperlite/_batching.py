@@ -109,6 +109,10 @@ class EDFQueue:
             q.seq = seq = next(self._seq)
             heapq.heappush(self._heap, (deadline, seq, q))
 
+    def earliest_deadline(self) -> float | None:
+        """The earliest deadline queued (possibly of a query already gone: an estimate)."""
+        return self._heap[0][0] if self._heap else None
+
     def oldest_arrival(self) -> float | None:
         """Arrival time of the oldest query still queued."""
         fifo = self._fifo
@@ -190,6 +194,7 @@ class BatcherStats:
         "latency_ewma",
         "rejected",
         "retries",
+        "would_miss",
     )
 
     def __init__(self) -> None:
@@ -200,6 +205,7 @@ class BatcherStats:
         self.expired = 0
         self.cancelled = 0
         self.rejected = 0
+        self.would_miss = 0
         self.latency_ewma = 0.0
 
 
@@ -257,6 +263,11 @@ class Batcher:
             if len(queue) >= self.max_queue:
                 self.stats.rejected += 1
                 return Failure(Cause.QUEUE_FULL, f"queue is full ({self.max_queue} queries)")
+        ewma = self.stats.latency_ewma
+        if ewma and len(queue) >= self.sizer.max_batch:
+            failure = self._admit(q, ewma)
+            if failure is not None:
+                return failure
         queue.push(q)
         if self._idle:
             _set_none(self._idle.popleft())
@@ -265,6 +276,26 @@ class Batcher:
                 _set_none(f)
             self._filling.clear()
         return None
+
+    def _admit(self, q: Query, batch_latency: float) -> Failure | None:
+        """Refuse a query that cannot make its deadline even if only the full batches
+        queued ahead of it run first (an optimistic estimate, so no false refusals
+        when the queue is short; the batches ahead keep the estimate fresh)."""
+        queue = self.queue
+        earliest = queue.earliest_deadline()
+        if earliest is None or q.deadline < earliest:
+            return None  # EDF serves it first
+        ahead = len(queue) // (self.sizer.max_batch * max(1, len(self.replicas)))
+        wait = ahead * batch_latency
+        left = q.deadline - self.clock()
+        if wait <= left:
+            return None
+        self.stats.would_miss += 1
+        return Failure(
+            Cause.WOULD_MISS,
+            f"could not meet its deadline: {len(queue)} queries are queued ahead, an"
+            f" expected {wait * 1e3:.1f} ms wait against {max(0.0, left) * 1e3:.1f} ms left",
+        )
 
     def _shed(self, dropped: Sequence[tuple[Query, Cause]]) -> None:
         for q, cause in dropped:

@@ -179,6 +179,7 @@ class ModelVersion:
             "expired_in_queue": s.expired,
             "cancelled_in_queue": s.cancelled,
             "rejected_queue_full": s.rejected,
+            "rejected_would_miss": s.would_miss,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
             "num_replicas": self.num_replicas,
