@@ -212,13 +212,15 @@ class BatcherStats:
 class ReplicaSlot:
     """A replica's place in the pull loop: its `run_batch` and whether it should stop."""
 
-    __slots__ = ("busy", "name", "run_batch", "stopping")
+    __slots__ = ("batch", "busy_since", "name", "run_batch", "stopping")
 
     def __init__(self, run_batch: RunBatch, name: str) -> None:
         self.run_batch = run_batch
         self.stopping = False
-        self.busy = False
         self.name = name
+        #: The batch now running on this replica, and since when (clock time).
+        self.batch: list[Query] | None = None
+        self.busy_since = 0.0
 
 
 class Batcher:
@@ -343,11 +345,12 @@ class Batcher:
             if dropped:
                 self._shed(dropped)
             if batch:
-                slot.busy = True
+                slot.batch = batch
+                slot.busy_since = self.clock()
                 try:
                     await self._run(slot.run_batch, batch)
                 finally:
-                    slot.busy = False
+                    slot.batch = None
 
     def wake_all(self) -> None:
         """Wake every idle or waiting replica (to notice a stop, or a change of size)."""

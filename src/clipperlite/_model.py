@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._aimd import AIMD, FixedBatchSize
-from ._backends import Replica, make_replica
+from ._backends import AsyncReplica, Replica, make_replica
 from ._batching import Batcher, Query, ReplicaSlot
 from ._clock import Clock
 from ._types import Cause, Failure
@@ -18,6 +18,9 @@ logger = logging.getLogger("clipperlite")
 #: The AIMD budget when no app links the model yet (seconds).
 UNLINKED_SLO = 0.1
 _MIN_BUDGET = 0.0005
+#: A batch running longer than max(HANG_MIN, HANG_SLOS x SLO) is hung: its replica is replaced.
+HANG_MIN = 1.0
+HANG_SLOS = 5.0
 
 
 def budget_for(slo: float, batch_wait: float) -> float:
@@ -71,7 +74,11 @@ class ModelVersion:
         self.cache_hits = 0
         self.cache_misses = 0
         self.abandoned = 0
+        self.replaced = 0
         self.stopped = False
+        self.clock = clock
+        self.slo = UNLINKED_SLO
+        self._watchdog: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<ModelVersion {self.name}:{self.version} replicas={self.num_replicas}>"
@@ -82,6 +89,7 @@ class ModelVersion:
 
     def set_slo(self, slo: float) -> None:
         """Re-derive the AIMD budget from the tightest SLO of the apps this model serves."""
+        self.slo = slo
         if isinstance(self.sizer, AIMD):
             self.sizer.budget = budget_for(slo, self.batch_wait)
 
@@ -108,8 +116,49 @@ class ModelVersion:
                 "clipperlite: replica %s failed", task.get_name(), exc_info=task.exception()
             )
 
+    @property
+    def hang_after(self) -> float:
+        """How long a batch may run before its replica counts as hung (seconds)."""
+        return max(HANG_MIN, HANG_SLOS * self.slo)
+
+    async def _watch(self) -> None:
+        """Replace replicas stuck in one batch far past every deadline it could serve."""
+        while not self.stopped:
+            await asyncio.sleep(max(0.05, self.hang_after / 4))
+            now = self.clock()
+            for entry in list(self._replicas):
+                slot = entry[1]
+                if slot.batch is not None and now - slot.busy_since > self.hang_after:
+                    await self._replace(entry)
+
+    async def _replace(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
+        replica, slot, task = entry
+        if entry not in self._replicas:
+            return
+        logger.warning(
+            "clipperlite: replica %s has run one batch for over %.1f s; replacing it",
+            slot.name,
+            self.hang_after,
+        )
+        self._replicas.remove(entry)
+        slot.stopping = True
+        hung = Failure(Cause.DEADLINE, f"hung for over {self.hang_after:.1f} s in one batch")
+        for q in slot.batch or ():
+            q.resolve(hung)
+        self.replaced += 1
+        await self._add_replica()  # before the old one leaves, so the model never has none
+        self.batcher.replicas.remove(slot)
+        if not await replica.stop(0.0):
+            self.abandoned += 1
+        if not task.done() and isinstance(replica, AsyncReplica):
+            task.cancel()
+
     async def set_num_replicas(self, n: int, grace: float) -> None:
         """Start or stop replicas until `n` run; with 0, queued queries get the default at once."""
+        if self._watchdog is None and not self.stopped:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch(), name=f"clipperlite:{self.name}:{self.version}:watchdog"
+            )
         while len(self._replicas) < n:
             await self._add_replica()
         doomed = self._replicas[n:]
@@ -143,6 +192,8 @@ class ModelVersion:
         """Answer everything queued with `failure`, let running batches finish within
         `grace` seconds, then stop every replica (abandoning any stuck in the model)."""
         self.stopped = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         batcher = self.batcher
         batcher.close()
         batcher.fail_queued(failure)
@@ -184,4 +235,5 @@ class ModelVersion:
             "cache_misses": self.cache_misses,
             "num_replicas": self.num_replicas,
             "abandoned_threads": self.abandoned,
+            "replaced_replicas": self.replaced,
         }
