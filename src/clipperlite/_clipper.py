@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import itertools
 import logging
@@ -743,6 +744,34 @@ class Clipper:
             raise ClipperError(
                 f"app {app!r}: policy {a.policy_name} observe raised {type(exc).__name__}: {exc}"
             ) from exc
+
+    # -- policy state -------------------------------------------------------------------
+    def get_policy_state(self, app_name: str) -> Any:
+        """The app's learned selection state as plain JSON-able values (a copy), or None
+        while the app has no linked model. Save it to carry learning across restarts."""
+        app = self._app(app_name)
+        if not app.links:
+            return copy.deepcopy(app.state)
+        return copy.deepcopy(self._policy_state(app))
+
+    def set_policy_state(self, app_name: str, state: Any) -> None:
+        """Restore a state from `get_policy_state` (checked: it may name only linked models)."""
+        app = self._app(app_name)
+        if not app.links:
+            raise ClipperError(f"app {app_name!r} has no linked model: link its models first")
+        restore = getattr(app.policy, "restore_state", None)
+        try:
+            restored = (
+                restore(copy.deepcopy(state), list(app.links))
+                if restore is not None
+                else copy.deepcopy(state)
+            )
+        except ValueError as exc:
+            raise ClipperError(
+                f"cannot restore the policy state of app {app_name!r}: {exc}"
+            ) from exc
+        app.state = restored
+        app.state_models = tuple(app.links)
 
     # -- reading state ------------------------------------------------------------------
     def get_all_apps(self, *, verbose: bool = False) -> list[Any]:

@@ -87,6 +87,40 @@ def _carry_over(models: list[str], previous: Any) -> list[float]:
     return [float(old.get(m, newcomer)) for m in models]
 
 
+def restore_weights(state: Any, linked: list[str]) -> dict[str, Any]:
+    """Check a saved {"models", "log_weights"} state against the linked models.
+
+    Raises ValueError naming what is wrong; models linked now but absent from the
+    state start at the state's mean weight.
+    """
+    if not isinstance(state, dict) or set(state) != {"models", "log_weights"}:
+        raise ValueError(
+            "expected a dict with exactly the keys 'models' and 'log_weights'"
+            f" (as get_policy_state returns), got {state!r}"
+        )
+    models, log_weights = state["models"], state["log_weights"]
+    if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
+        raise ValueError(f"'models' must be a list of model names, got {models!r}")
+    if len(set(models)) != len(models):
+        raise ValueError(f"'models' names a model twice: {models!r}")
+    if not isinstance(log_weights, list | tuple) or len(log_weights) != len(models):
+        raise ValueError("'log_weights' must be a list with one number per model")
+    weights = []
+    for w in log_weights:
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+            raise ValueError(f"'log_weights' must be finite numbers, got {w!r}")
+        weights.append(float(w))
+    unknown = [m for m in models if m not in linked]
+    if unknown:
+        raise ValueError(
+            f"the state names models that are not linked: {unknown!r} (linked: {linked!r})"
+        )
+    if not models:
+        return {"models": list(linked), "log_weights": [0.0] * len(linked)}
+    previous = {"models": list(models), "log_weights": weights}
+    return {"models": list(linked), "log_weights": _normalised(_carry_over(linked, previous))}
+
+
 def _normalised(log_weights: Sequence[float]) -> list[float]:
     top = max(log_weights)
     return [max(_LOG_FLOOR, w - top) for w in log_weights]
@@ -129,6 +163,10 @@ class Exp3:
 
     def init_state(self, models: list[str], previous: Any = None) -> dict[str, Any]:
         return {"models": list(models), "log_weights": _carry_over(models, previous)}
+
+    def restore_state(self, state: Any, models: list[str]) -> dict[str, Any]:
+        """A state saved by `get_policy_state`, checked against the linked models."""
+        return restore_weights(state, models)
 
     def probabilities(self, state: dict[str, Any]) -> list[float]:
         """Each model's chance of being picked, in `state["models"]` order."""
@@ -192,6 +230,10 @@ class Exp4:
 
     def init_state(self, models: list[str], previous: Any = None) -> dict[str, Any]:
         return {"models": list(models), "log_weights": _carry_over(models, previous)}
+
+    def restore_state(self, state: Any, models: list[str]) -> dict[str, Any]:
+        """A state saved by `get_policy_state`, checked against the linked models."""
+        return restore_weights(state, models)
 
     def select(self, state: dict[str, Any], x: Any) -> list[str]:
         return list(state["models"])
