@@ -28,6 +28,7 @@ _NUMERIC: dict[str, tuple[np.dtype[Any], str]] = {
 }
 _INT32 = np.iinfo(np.int32)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 #: validate(x, app) -> the value models see; raises InvalidInputError.
 Validator = Callable[[Any, str], Any]
@@ -60,8 +61,8 @@ def _invalid(app: str, input_type: str, what: str) -> InvalidInputError:
     )
 
 
-def _bad_element(items: Any, input_type: str) -> str:
-    """Name the first element of a sequence that does not fit a numeric type."""
+def _bad_element(items: Any, input_type: str) -> str | None:
+    """Name the first element of a sequence that does not fit a numeric type (None if all do)."""
     allowed: tuple[type, ...] = (
         (int, np.integer) if input_type == "integers" else (int, float, np.integer, np.floating)
     )
@@ -74,9 +75,21 @@ def _bad_element(items: Any, input_type: str) -> str:
         num: Any = v
         if input_type == "integers" and not (_INT32.min <= num <= _INT32.max):
             return f"element {i} is {v!r}: out of the int32 range"
-        if input_type == "floats" and math.isfinite(num) and abs(num) > _FLOAT32_MAX:
-            return f"element {i} is {v!r}: out of the float32 range"
-    return "its elements are of mixed or unsupported types"
+        if input_type != "integers":
+            try:
+                value = float(num)
+            except OverflowError:
+                value = math.inf
+            limit = _FLOAT32_MAX if input_type == "floats" else _FLOAT64_MAX
+            too_big = math.isinf(value) and not isinstance(num, float | np.floating)
+            if too_big or (math.isfinite(value) and abs(value) > limit):
+                bits = "float32" if input_type == "floats" else "float64"
+                return f"element {i} is {_describe(num)}: out of the {bits} range"
+    return None
+
+
+def _why(items: Any, input_type: str) -> str:
+    return _bad_element(items, input_type) or "its elements are of mixed or unsupported types"
 
 
 def _numeric_validator(input_type: str) -> Validator:
@@ -91,7 +104,7 @@ def _numeric_validator(input_type: str) -> Validator:
             try:
                 arr = np.asarray(x)
             except (ValueError, TypeError, OverflowError):
-                raise _invalid(app, input_type, _bad_element(x, input_type)) from None
+                raise _invalid(app, input_type, _why(x, input_type)) from None
         else:
             raise _invalid(
                 app,
@@ -105,18 +118,23 @@ def _numeric_validator(input_type: str) -> Validator:
         if arr.size == 0:
             raise _invalid(app, input_type, "got an empty input")
         kind = arr.dtype.kind
+        if kind == "O" and from_list and input_type != "integers" and arr.ndim == 1:
+            # Python ints past int64 still fit a float: numpy leaves them as objects.
+            if _bad_element(x, input_type) is None:
+                arr = np.array(x, dtype=dtype)
+                kind = "f"
         if kind not in kinds:
             items = arr.tolist() if not from_list else x
-            raise _invalid(app, input_type, _bad_element(items, input_type))
+            raise _invalid(app, input_type, _why(items, input_type))
         if from_list and bool in set(map(type, x)):
-            raise _invalid(app, input_type, _bad_element(x, input_type))
+            raise _invalid(app, input_type, _why(x, input_type))
         if input_type == "integers":
             if arr.dtype != dtype and (arr.min() < _INT32.min or arr.max() > _INT32.max):
-                raise _invalid(app, input_type, _bad_element(arr.tolist(), input_type))
+                raise _invalid(app, input_type, _why(arr.tolist(), input_type))
         elif input_type == "floats" and arr.dtype != dtype:
             finite = arr[np.isfinite(arr)] if kind == "f" else arr
             if finite.size and float(np.abs(finite).max()) > _FLOAT32_MAX:
-                raise _invalid(app, input_type, _bad_element(arr.tolist(), input_type))
+                raise _invalid(app, input_type, _why(arr.tolist(), input_type))
         # Always a private copy: a caller mutating its array later must not change a
         # queued query or a cached key.
         out = np.array(arr, dtype=dtype, copy=True) if arr is x or arr.dtype != dtype else arr
@@ -174,6 +192,8 @@ _SCALARS = (str, bytes, int, float, bool, type(None))
 def _freeze(x: Any) -> Hashable | None:
     """A type-tagged key for an "any" input, or None when it cannot be keyed safely."""
     t = type(x)
+    if t is float:
+        return ("float", x.hex())  # tells 0.0 from -0.0, which compare equal
     if t in _SCALARS:
         return (t.__name__, x)
     if t is tuple or t is list:
