@@ -73,7 +73,7 @@ class AIMD:
         if n < 1:
             return self._max_batch
         if latency >= self._budget:
-            self._max_batch = max(1, math.floor(self._backoff * n))
+            self._max_batch = min(self._ceiling, max(1, math.floor(self._backoff * n)))
         elif latency < self._hold * self._budget and n >= self._max_batch:
             self._max_batch = min(self._ceiling, n + self._step)
         return self._max_batch

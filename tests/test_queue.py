@@ -1,0 +1,354 @@
+"""The EDF queue and the Query record, stepped with plain numbers as the clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from clipperlite._batching import DONE, EDFQueue, Query
+from clipperlite._types import Cause, Failure
+
+NewQuery = Callable[..., Query]
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop that is never run: it only makes futures."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def query(loop: asyncio.AbstractEventLoop) -> NewQuery:
+    """Make a query with one pending waiter future (so it is alive)."""
+
+    def make(
+        x: Any = None, *, deadline: float, arrival: float = 0.0, waiters: int = 1, **kw: Any
+    ) -> Query:
+        q = Query(x, deadline=deadline, arrival=arrival, **kw)
+        q.waiters.extend(loop.create_future() for _ in range(waiters))
+        return q
+
+    return make
+
+
+def cancel_all(q: Query) -> None:
+    for w in q.waiters:
+        w.cancel()
+
+
+# -- EDF order -----------------------------------------------------------------------------
+
+
+def test_pop_batch_takes_earliest_deadline_first(query: NewQuery) -> None:
+    """Queries come out in deadline order, whatever order they were pushed in."""
+    queue = EDFQueue()
+    for name, deadline in [("c", 30.0), ("a", 10.0), ("d", 40.0), ("b", 20.0)]:
+        queue.push(query(name, deadline=deadline))
+    batch, dropped = queue.pop_batch(10, now=0.0)
+    assert [q.x for q in batch] == ["a", "b", "c", "d"]
+    assert dropped == []
+
+
+def test_equal_deadlines_come_out_first_in_first_out(query: NewQuery) -> None:
+    """Among queries with the same deadline, the first pushed is the first taken."""
+    queue = EDFQueue()
+    for i in range(20):
+        queue.push(query(i, deadline=5.0))
+    batch, _ = queue.pop_batch(20, now=0.0)
+    assert [q.x for q in batch] == list(range(20))
+
+
+def test_pop_batch_returns_at_most_n(query: NewQuery) -> None:
+    """A batch holds at most n queries; the rest stay queued for the next batch, in order."""
+    queue = EDFQueue()
+    for i in range(7):
+        queue.push(query(i, deadline=float(i + 1)))
+    first, _ = queue.pop_batch(3, now=0.0)
+    second, _ = queue.pop_batch(3, now=0.0)
+    third, _ = queue.pop_batch(3, now=0.0)
+    assert [q.x for q in first] == [0, 1, 2]
+    assert [q.x for q in second] == [3, 4, 5]
+    assert [q.x for q in third] == [6]
+    assert queue.pop_batch(3, now=0.0) == ([], [])
+
+
+def test_pop_batch_of_zero_takes_nothing(query: NewQuery) -> None:
+    """Asking for no queries leaves the queue untouched."""
+    queue = EDFQueue()
+    queue.push(query(deadline=1.0))
+    assert queue.pop_batch(0, now=0.0) == ([], [])
+    assert len(queue) == 1
+
+
+# -- dropping expired and cancelled queries ---------------------------------------------------
+
+
+def test_expired_queries_are_dropped_with_deadline_cause(query: NewQuery) -> None:
+    """A query whose deadline is at or before now is dropped as DEADLINE, never batched."""
+    queue = EDFQueue()
+    past, due, live = query("past", deadline=1.0), query("due", deadline=2.0), query(deadline=3.0)
+    for q in (live, due, past):
+        queue.push(q)
+    batch, dropped = queue.pop_batch(5, now=2.0)
+    assert batch == [live]
+    assert dropped == [(past, Cause.DEADLINE), (due, Cause.DEADLINE)]
+    assert len(queue) == 0
+
+
+def test_queries_without_a_live_waiter_are_dropped_as_cancelled(query: NewQuery) -> None:
+    """A query whose waiters were all cancelled is dropped as CANCELLED, never batched."""
+    queue = EDFQueue()
+    gone, live = query("gone", deadline=1.0, waiters=2), query("live", deadline=2.0)
+    cancel_all(gone)
+    queue.push(gone)
+    queue.push(live)
+    batch, dropped = queue.pop_batch(5, now=0.0)
+    assert batch == [live]
+    assert dropped == [(gone, Cause.CANCELLED)]
+
+
+def test_query_with_no_waiter_at_all_is_dropped_as_cancelled(query: NewQuery) -> None:
+    """A query nobody waits for is not worth running."""
+    queue = EDFQueue()
+    nobody = query(deadline=1.0, waiters=0)
+    queue.push(nobody)
+    assert queue.pop_batch(5, now=0.0) == ([], [(nobody, Cause.CANCELLED)])
+
+
+def test_one_live_waiter_keeps_a_shared_query_alive(query: NewQuery) -> None:
+    """A coalesced query with one cancelled and one pending waiter still runs."""
+    queue = EDFQueue()
+    shared = query(deadline=1.0, waiters=2)
+    shared.waiters[0].cancel()
+    queue.push(shared)
+    assert queue.pop_batch(5, now=0.0) == ([shared], [])
+
+
+def test_dropped_queries_do_not_count_towards_n(query: NewQuery) -> None:
+    """A batch of n is filled with live queries even when dead ones were in front."""
+    queue = EDFQueue()
+    dead = [query(deadline=float(i)) for i in range(3)]
+    live = [query(deadline=10.0 + i) for i in range(3)]
+    for q in dead + live:
+        queue.push(q)
+    batch, dropped = queue.pop_batch(2, now=5.0)
+    assert batch == live[:2]
+    assert [q for q, _ in dropped] == dead
+
+
+# -- reschedule ------------------------------------------------------------------------------
+
+
+def test_reschedule_moves_a_query_to_a_later_deadline_without_duplicates(query: NewQuery) -> None:
+    """A rescheduled query is taken once, at its new place in deadline order."""
+    queue = EDFQueue()
+    a, b, c = query("a", deadline=1.0), query("b", deadline=2.0), query("c", deadline=3.0)
+    for q in (a, b, c):
+        queue.push(q)
+    queue.reschedule(a, 2.5)
+    assert a.deadline == 2.5
+    assert len(queue) == 3
+    batch, dropped = queue.pop_batch(10, now=0.0)
+    assert [q.x for q in batch] == ["b", "a", "c"]
+    assert dropped == []
+    assert queue.pop_batch(10, now=0.0) == ([], [])
+
+
+def test_rescheduled_query_survives_its_old_deadline(query: NewQuery) -> None:
+    """After moving to a later deadline, passing the old one does not expire the query."""
+    queue = EDFQueue()
+    q = query(deadline=1.0)
+    queue.push(q)
+    queue.reschedule(q, 5.0)
+    assert queue.pop_batch(10, now=2.0) == ([q], [])
+
+
+def test_reschedule_to_an_earlier_deadline_is_ignored(query: NewQuery) -> None:
+    """A deadline is only ever extended: an earlier one leaves the query where it was."""
+    queue = EDFQueue()
+    a, b = query("a", deadline=1.0), query("b", deadline=3.0)
+    queue.push(a)
+    queue.push(b)
+    queue.reschedule(b, 0.5)
+    assert b.deadline == 3.0
+    batch, _ = queue.pop_batch(10, now=0.0)
+    assert [q.x for q in batch] == ["a", "b"]
+
+
+def test_reschedule_of_a_taken_query_does_nothing(query: NewQuery) -> None:
+    """A query already taken for a batch is not put back by a reschedule."""
+    queue = EDFQueue()
+    q = query(deadline=1.0)
+    queue.push(q)
+    assert queue.pop_batch(1, now=0.0) == ([q], [])
+    queue.reschedule(q, 9.0)
+    assert len(queue) == 0
+    assert queue.pop_batch(1, now=0.0) == ([], [])
+    assert queue.drain() == []
+
+
+def test_drain_after_reschedule_has_no_duplicates(query: NewQuery) -> None:
+    """Draining returns a rescheduled query once, at its new place."""
+    queue = EDFQueue()
+    a, b = query("a", deadline=1.0), query("b", deadline=2.0)
+    queue.push(a)
+    queue.push(b)
+    queue.reschedule(a, 3.0)
+    queue.reschedule(a, 4.0)
+    assert [q.x for q in queue.drain()] == ["b", "a"]
+
+
+def test_earliest_deadline_of_a_fresh_queue() -> None:
+    """An empty queue has no earliest deadline."""
+    queue = EDFQueue()
+    assert queue.earliest_deadline() is None
+
+
+def test_earliest_deadline_is_the_smallest_pushed(query: NewQuery) -> None:
+    """Pushing queries in any order, earliest_deadline reports the smallest deadline."""
+    queue = EDFQueue()
+    for deadline in (3.0, 1.0, 2.0):
+        queue.push(query(deadline=deadline))
+    assert queue.earliest_deadline() == 1.0
+
+
+# -- oldest arrival, drain, shed, len -------------------------------------------------------------
+
+
+def test_oldest_arrival_is_the_earliest_arrival_still_queued(query: NewQuery) -> None:
+    """oldest_arrival follows arrival order, not deadline order, and skips taken queries."""
+    queue = EDFQueue()
+    assert queue.oldest_arrival() is None
+    # Later arrivals have earlier deadlines, so EDF takes the newest first.
+    for arrival, deadline in [(1.0, 30.0), (2.0, 20.0), (3.0, 10.0)]:
+        queue.push(query(deadline=deadline, arrival=arrival))
+    assert queue.oldest_arrival() == 1.0
+    queue.pop_batch(1, now=0.0)  # takes the arrival-3 query
+    assert queue.oldest_arrival() == 1.0
+    queue.pop_batch(1, now=0.0)  # takes the arrival-2 query
+    assert queue.oldest_arrival() == 1.0
+    queue.pop_batch(1, now=0.0)
+    assert queue.oldest_arrival() is None
+
+
+def test_oldest_arrival_moves_on_when_the_oldest_is_taken(query: NewQuery) -> None:
+    """Once the oldest query is taken, the next oldest is reported."""
+    queue = EDFQueue()
+    queue.push(query(deadline=1.0, arrival=1.0))
+    queue.push(query(deadline=2.0, arrival=2.0))
+    queue.pop_batch(1, now=0.0)
+    assert queue.oldest_arrival() == 2.0
+
+
+def test_drain_takes_everything_queued_in_edf_order(query: NewQuery) -> None:
+    """drain returns every queued query (expired or not) in EDF order and empties the queue."""
+    queue = EDFQueue()
+    for name, deadline in [("b", 2.0), ("c", 3.0), ("a", 1.0)]:
+        queue.push(query(name, deadline=deadline))
+    drained = queue.drain()
+    assert [q.x for q in drained] == ["a", "b", "c"]
+    assert len(queue) == 0
+    assert queue.oldest_arrival() is None
+    assert queue.pop_batch(10, now=0.0) == ([], [])
+    assert queue.drain() == []
+
+
+def test_shed_expired_removes_dead_queries_from_the_front(query: NewQuery) -> None:
+    """shed_expired drops expired and cancelled queries at the front, stopping at a live one."""
+    queue = EDFQueue()
+    expired = query("expired", deadline=1.0)
+    cancelled = query("cancelled", deadline=1.5)
+    live = query("live", deadline=3.0)
+    cancelled_later = query("cancelled-later", deadline=4.0)
+    cancel_all(cancelled)
+    cancel_all(cancelled_later)
+    for q in (live, cancelled_later, cancelled, expired):
+        queue.push(q)
+    dropped = queue.shed_expired(now=2.0)
+    assert dropped == [(expired, Cause.DEADLINE), (cancelled, Cause.CANCELLED)]
+    assert len(queue) == 2
+    batch, late_drops = queue.pop_batch(10, now=2.0)
+    assert batch == [live]
+    assert late_drops == [(cancelled_later, Cause.CANCELLED)]
+
+
+def test_shed_expired_on_a_healthy_queue_removes_nothing(query: NewQuery) -> None:
+    """With nothing expired or cancelled at the front, shedding leaves the queue as it was."""
+    queue = EDFQueue()
+    queue.push(query(deadline=5.0))
+    assert queue.shed_expired(now=1.0) == []
+    assert len(queue) == 1
+
+
+def test_len_counts_live_queued_queries(query: NewQuery) -> None:
+    """len counts queued queries: push adds one; taking, dropping and shedding remove."""
+    queue = EDFQueue()
+    assert len(queue) == 0
+    qs = [query(i, deadline=float(i + 1)) for i in range(5)]
+    for q in qs:
+        queue.push(q)
+    assert len(queue) == 5
+    queue.reschedule(qs[0], 10.0)
+    assert len(queue) == 5
+    queue.pop_batch(1, now=0.0)  # takes qs[1]
+    assert len(queue) == 4
+    queue.shed_expired(now=3.0)  # qs[2] expired, at the front
+    assert len(queue) == 3
+    queue.pop_batch(10, now=4.5)  # qs[3] expired, qs[4] and qs[0] taken
+    assert len(queue) == 0
+
+
+# -- Query ---------------------------------------------------------------------------------------
+
+
+def test_resolve_gives_every_waiter_the_outcome(query: NewQuery) -> None:
+    """Every caller waiting on a shared query gets the same outcome."""
+    q = query(deadline=1.0, waiters=3)
+    q.resolve("out")
+    assert [w.result() for w in q.waiters] == ["out", "out", "out"]
+    assert q.state == DONE
+
+
+def test_resolve_skips_cancelled_waiters(query: NewQuery) -> None:
+    """A waiter that was cancelled stays cancelled; the others still get the outcome."""
+    q = query(deadline=1.0, waiters=2)
+    q.waiters[0].cancel()
+    q.resolve(Failure(Cause.DEADLINE))
+    assert q.waiters[0].cancelled()
+    assert q.waiters[1].result() == Failure(Cause.DEADLINE)
+
+
+def test_resolve_calls_on_done_exactly_once_and_second_resolve_is_a_no_op(
+    query: NewQuery,
+) -> None:
+    """on_done runs once with the first outcome; a later resolve changes nothing."""
+    calls: list[tuple[Query, Any]] = []
+    q = query(deadline=1.0, waiters=1, on_done=lambda q, outcome: calls.append((q, outcome)))
+    q.resolve("first")
+    q.resolve("second")
+    assert calls == [(q, "first")]
+    assert q.waiters[0].result() == "first"
+
+
+def test_resolve_with_all_waiters_cancelled_still_calls_on_done(query: NewQuery) -> None:
+    """A query nobody waits for any more still reports its end (so bookkeeping is released)."""
+    calls: list[Any] = []
+    q = query(deadline=1.0, waiters=2, on_done=lambda q, outcome: calls.append(outcome))
+    cancel_all(q)
+    q.resolve("late")
+    assert calls == ["late"]
+
+
+def test_alive_is_true_while_any_waiter_is_pending(query: NewQuery) -> None:
+    """A query is alive while some waiter is pending, and not once all are done."""
+    q = query(deadline=1.0, waiters=2)
+    assert q.alive()
+    q.waiters[0].cancel()
+    assert q.alive()
+    q.waiters[1].set_result("elsewhere")
+    assert not q.alive()
