@@ -144,8 +144,9 @@ def test_dropped_queries_do_not_count_towards_n(query: NewQuery) -> None:
 # -- reschedule ------------------------------------------------------------------------------
 
 
-def test_reschedule_moves_a_query_to_a_later_deadline_without_duplicates(query: NewQuery) -> None:
-    """A rescheduled query is taken once, at its new place in deadline order."""
+def test_reschedule_to_a_later_deadline_extends_life_not_place(query: NewQuery) -> None:
+    """A later caller extends how long a query lives but not its place: the earliest caller
+    still needs it first."""
     queue = EDFQueue()
     a, b, c = query("a", deadline=1.0), query("b", deadline=2.0), query("c", deadline=3.0)
     for q in (a, b, c):
@@ -154,7 +155,7 @@ def test_reschedule_moves_a_query_to_a_later_deadline_without_duplicates(query: 
     assert a.deadline == 2.5
     assert len(queue) == 3
     batch, dropped = queue.pop_batch(10, now=0.0)
-    assert [q.x for q in batch] == ["b", "a", "c"]
+    assert [q.x for q in batch] == ["a", "b", "c"]
     assert dropped == []
     assert queue.pop_batch(10, now=0.0) == ([], [])
 
@@ -168,16 +169,20 @@ def test_rescheduled_query_survives_its_old_deadline(query: NewQuery) -> None:
     assert queue.pop_batch(10, now=2.0) == ([q], [])
 
 
-def test_reschedule_to_an_earlier_deadline_is_ignored(query: NewQuery) -> None:
-    """A deadline is only ever extended: an earlier one leaves the query where it was."""
+def test_reschedule_to_an_earlier_deadline_moves_the_query_ahead(query: NewQuery) -> None:
+    """A tighter caller joining a queued query moves it ahead, once, while it still lives
+    until its latest caller's deadline."""
     queue = EDFQueue()
     a, b = query("a", deadline=1.0), query("b", deadline=3.0)
     queue.push(a)
     queue.push(b)
     queue.reschedule(b, 0.5)
     assert b.deadline == 3.0
+    assert b.priority == 0.5
+    assert len(queue) == 2
     batch, _ = queue.pop_batch(10, now=0.0)
-    assert [q.x for q in batch] == ["a", "b"]
+    assert [q.x for q in batch] == ["b", "a"]
+    assert queue.pop_batch(10, now=0.0) == ([], [])
 
 
 def test_reschedule_of_a_taken_query_does_nothing(query: NewQuery) -> None:
@@ -193,13 +198,13 @@ def test_reschedule_of_a_taken_query_does_nothing(query: NewQuery) -> None:
 
 
 def test_drain_after_reschedule_has_no_duplicates(query: NewQuery) -> None:
-    """Draining returns a rescheduled query once, at its new place."""
+    """Draining returns a query moved ahead twice once, at its new place."""
     queue = EDFQueue()
     a, b = query("a", deadline=1.0), query("b", deadline=2.0)
     queue.push(a)
     queue.push(b)
-    queue.reschedule(a, 3.0)
-    queue.reschedule(a, 4.0)
+    queue.reschedule(b, 0.5)
+    queue.reschedule(b, 0.25)
     assert [q.x for q in queue.drain()] == ["b", "a"]
 
 
@@ -259,18 +264,26 @@ def test_drain_takes_everything_queued_in_edf_order(query: NewQuery) -> None:
 
 
 def test_shed_expired_removes_dead_queries_from_the_front(query: NewQuery) -> None:
-    """shed_expired drops expired and cancelled queries at the front, stopping at a live one."""
+    """shed_expired drops expired and cancelled queries at the front, stopping at a live one;
+    a query both cancelled and past its deadline counts as expired."""
     queue = EDFQueue()
     expired = query("expired", deadline=1.0)
-    cancelled = query("cancelled", deadline=1.5)
+    cancelled = query("cancelled", deadline=2.5)
     live = query("live", deadline=3.0)
     cancelled_later = query("cancelled-later", deadline=4.0)
     cancel_all(cancelled)
     cancel_all(cancelled_later)
     for q in (live, cancelled_later, cancelled, expired):
         queue.push(q)
+    expired_and_cancelled = query("both", deadline=1.5)
+    cancel_all(expired_and_cancelled)
+    queue.push(expired_and_cancelled)
     dropped = queue.shed_expired(now=2.0)
-    assert dropped == [(expired, Cause.DEADLINE), (cancelled, Cause.CANCELLED)]
+    assert dropped == [
+        (expired, Cause.DEADLINE),
+        (expired_and_cancelled, Cause.DEADLINE),
+        (cancelled, Cause.CANCELLED),
+    ]
     assert len(queue) == 2
     batch, late_drops = queue.pop_batch(10, now=2.0)
     assert batch == [live]
@@ -295,11 +308,11 @@ def test_len_counts_live_queued_queries(query: NewQuery) -> None:
     assert len(queue) == 5
     queue.reschedule(qs[0], 10.0)
     assert len(queue) == 5
-    queue.pop_batch(1, now=0.0)  # takes qs[1]
+    queue.pop_batch(1, now=0.0)  # takes qs[0], still first by its earliest caller
     assert len(queue) == 4
-    queue.shed_expired(now=3.0)  # qs[2] expired, at the front
-    assert len(queue) == 3
-    queue.pop_batch(10, now=4.5)  # qs[3] expired, qs[4] and qs[0] taken
+    queue.shed_expired(now=3.0)  # qs[1] and qs[2] expired, at the front
+    assert len(queue) == 2
+    queue.pop_batch(10, now=4.5)  # qs[3] expired, qs[4] taken
     assert len(queue) == 0
 
 

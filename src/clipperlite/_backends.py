@@ -51,6 +51,13 @@ def is_async_func(func: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _as_model_error(exc: BaseException) -> Exception:
+    """An exception the batcher can report; BaseExceptions a model raised are wrapped."""
+    if isinstance(exc, Exception):
+        return exc
+    return RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+
+
 def _deliver(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if fut.done():
         return
@@ -128,8 +135,8 @@ class ThreadReplica:
             try:
                 result: Any = func(xs)
                 ok = True
-            except Exception as exc:
-                result, ok = exc, False
+            except BaseException as exc:  # a model's SystemExit must not end its replica
+                result, ok = _as_model_error(exc), False
             loop.call_soon_threadsafe(_deliver, fut, ok, result)
             del item, fut, xs, result
 
@@ -174,9 +181,16 @@ class AsyncReplica:
         return None
 
     async def run_batch(self, xs: list[Any]) -> Any:
-        result = self.func(xs)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = self.func(xs)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)
+            if cancelling is None or cancelling():
+                raise  # we are being cancelled (or cannot tell, before Python 3.11)
+            raise _as_model_error(exc) from exc  # the model raised it on its own
         return result
 
     async def stop(self, grace: float) -> bool:
@@ -235,20 +249,30 @@ class _ChildProcess:
         if self._proc is None or self._proc.poll() is not None:
             self.close()
             self.restarts += 1
-            self.start()  # replace a worker that died
+            self.start()  # replace a worker that died while idle
         assert self._conn_out is not None
         try:
             self._conn_out.send_bytes(cloudpickle.dumps(xs, protocol=pickle.HIGHEST_PROTOCOL))
             ok, value = self._receive()
         except WorkerDied:
-            self.close()
+            self._replace()
             raise
         except (BrokenPipeError, OSError) as exc:
-            self.close()
+            self._replace()
             raise WorkerDied(f"worker process {self._name} is gone: {exc}") from exc
         if ok:
             return value
         raise value
+
+    def _replace(self) -> None:
+        """Start a new worker now, so the next batch does not pay for it."""
+        self.close()
+        self.restarts += 1
+        try:
+            self.start()
+        except Exception:  # tried again before the next batch
+            logger.exception("clipperlite: could not restart worker process %s", self._name)
+            self.close()
 
     def kill(self) -> None:
         """Kill the process now (safe from any thread)."""

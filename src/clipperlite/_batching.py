@@ -33,7 +33,17 @@ class Query:
     its own future to `waiters`, so one caller's cancellation never touches another's.
     """
 
-    __slots__ = ("arrival", "deadline", "key", "on_done", "seq", "state", "waiters", "x")
+    __slots__ = (
+        "arrival",
+        "deadline",
+        "key",
+        "on_done",
+        "priority",
+        "seq",
+        "state",
+        "waiters",
+        "x",
+    )
 
     def __init__(
         self,
@@ -45,7 +55,10 @@ class Query:
     ) -> None:
         self.x = x
         self.key = key
+        #: The latest deadline of its callers (past it, nobody can use the output) ...
         self.deadline = deadline
+        #: ... and the earliest, which orders it in the queue.
+        self.priority = deadline
         self.arrival = arrival
         self.waiters: list[asyncio.Future[Any]] = []
         self.seq = 0
@@ -98,16 +111,42 @@ class EDFQueue:
         """Add a query."""
         q.seq = seq = next(self._seq)
         q.state = QUEUED
+        q.priority = q.deadline
         heapq.heappush(self._heap, (q.deadline, seq, q))
         self._fifo.append(q)
         self._live += 1
 
     def reschedule(self, q: Query, deadline: float) -> None:
-        """Move a queued query to a later deadline (a later caller joined it)."""
-        if q.state == QUEUED and deadline > q.deadline:
+        """A caller with `deadline` joined a queued query: it now lives until the latest of
+        its callers' deadlines and is served by the earliest."""
+        if q.state != QUEUED:
+            return
+        if deadline > q.deadline:
             q.deadline = deadline
+        if deadline < q.priority:
+            q.priority = deadline
             q.seq = seq = next(self._seq)
             heapq.heappush(self._heap, (deadline, seq, q))
+
+    def count_ahead(self, deadline: float, stop: int) -> int:
+        """How many queued queries EDF serves before one due at `deadline`, counting no
+        further than `stop` (O(stop): it walks only the heap nodes due by then)."""
+        heap = self._heap
+        count = 0
+        todo = [0] if heap else []
+        while todo and count < stop:
+            i = todo.pop()
+            due, seq, q = heap[i]
+            if due > deadline:
+                continue  # nor is anything below it
+            if q.seq == seq and q.state == QUEUED:
+                count += 1
+            child = 2 * i + 1
+            if child < len(heap):
+                todo.append(child)
+                if child + 1 < len(heap):
+                    todo.append(child + 1)
+        return count
 
     def earliest_deadline(self) -> float | None:
         """The earliest deadline queued (possibly of a query already gone: an estimate)."""
@@ -130,15 +169,15 @@ class EDFQueue:
         batch: list[Query] = []
         dropped: list[tuple[Query, Cause]] = []
         while heap and len(batch) < n:
-            deadline, seq, q = heapq.heappop(heap)
+            _deadline, seq, q = heapq.heappop(heap)
             if q.seq != seq or q.state != QUEUED:
                 continue
             q.state = TAKEN
             self._live -= 1
-            if not q.alive():
-                dropped.append((q, Cause.CANCELLED))
-            elif deadline <= now:
+            if q.deadline <= now:
                 dropped.append((q, Cause.DEADLINE))
+            elif not q.alive():
+                dropped.append((q, Cause.CANCELLED))
             else:
                 batch.append(q)
         return batch, dropped
@@ -161,14 +200,14 @@ class EDFQueue:
         heap = self._heap
         dropped: list[tuple[Query, Cause]] = []
         while heap:
-            deadline, seq, q = heap[0]
+            _deadline, seq, q = heap[0]
             if q.seq != seq or q.state != QUEUED:
                 heapq.heappop(heap)
                 continue
-            if not q.alive():
-                dropped.append((q, Cause.CANCELLED))
-            elif deadline <= now:
+            if q.deadline <= now:
                 dropped.append((q, Cause.DEADLINE))
+            elif not q.alive():
+                dropped.append((q, Cause.CANCELLED))
             else:
                 break
             heapq.heappop(heap)
@@ -264,7 +303,7 @@ class Batcher:
             self._shed(queue.shed_expired(self.clock()))
             if len(queue) >= self.max_queue:
                 self.stats.rejected += 1
-                return Failure(Cause.QUEUE_FULL, f"queue is full ({self.max_queue} queries)")
+                return Failure(Cause.QUEUE_FULL, f"has a full queue (max_queue={self.max_queue})")
         ewma = self.stats.latency_ewma
         if ewma and len(queue) >= self.sizer.max_batch:
             failure = self._admit(q, ewma)
@@ -281,22 +320,21 @@ class Batcher:
 
     def _admit(self, q: Query, batch_latency: float) -> Failure | None:
         """Refuse a query that cannot make its deadline even if only the full batches
-        queued ahead of it run first (an optimistic estimate, so no false refusals
-        when the queue is short; the batches ahead keep the estimate fresh)."""
-        queue = self.queue
-        earliest = queue.earliest_deadline()
-        if earliest is None or q.deadline < earliest:
-            return None  # EDF serves it first
-        ahead = len(queue) // (self.sizer.max_batch * max(1, len(self.replicas)))
-        wait = ahead * batch_latency
+        queued ahead of it (by EDF) run first: an optimistic estimate, so a short queue
+        never refuses, and the batches ahead keep the latency estimate fresh."""
         left = q.deadline - self.clock()
-        if wait <= left:
+        per_batch = self.sizer.max_batch * max(1, len(self.replicas))
+        # It misses if more than this many queries are served before it.
+        limit = (int(max(0.0, left) / batch_latency) + 1) * per_batch - 1
+        ahead = self.queue.count_ahead(q.deadline, limit + 1)
+        if ahead <= limit:
             return None
         self.stats.would_miss += 1
+        wait = (ahead // per_batch) * batch_latency
         return Failure(
             Cause.WOULD_MISS,
-            f"could not meet its deadline: {len(queue)} queries are queued ahead, an"
-            f" expected {wait * 1e3:.1f} ms wait against {max(0.0, left) * 1e3:.1f} ms left",
+            f"could not meet its deadline: {ahead}+ queries are queued ahead, an expected"
+            f" {wait * 1e3:.1f} ms wait against {max(0.0, left) * 1e3:.1f} ms left",
         )
 
     def _shed(self, dropped: Sequence[tuple[Query, Cause]]) -> None:

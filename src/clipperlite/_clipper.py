@@ -23,6 +23,7 @@ from ._errors import (
     AlreadyExistsError,
     ClipperClosedError,
     ClipperError,
+    InvalidInputError,
     UnknownApplicationError,
     UnknownModelError,
 )
@@ -60,6 +61,7 @@ class _App:
     input_type: str
     default_output: Any
     slo_micros: float
+    slo_given: Any
     policy: SelectionPolicy
     policy_name: str
     min_confidence: float | None
@@ -126,7 +128,8 @@ class Clipper:
 
     Configuration is keyword-only. `cache_size` is the number of cached predictions
     (LRU, 0 turns caching off); `shutdown_grace_s` bounds how long `stop()` lets
-    running batches finish; `seed` seeds the selection policies' random choices.
+    running batches finish; a replica still in one batch `hang_timeout_s` after the
+    last deadline of its queries is replaced; `seed` seeds the selection policies.
     """
 
     def __init__(
@@ -134,11 +137,20 @@ class Clipper:
         *,
         cache_size: int = 10_000,
         shutdown_grace_s: float = 3.0,
+        hang_timeout_s: float = 5.0,
         seed: int | None = None,
     ) -> None:
-        self._cache: PredictionCache[Query] = PredictionCache(cache_size)
+        try:
+            self._cache: PredictionCache[Query] = PredictionCache(cache_size)
+        except ValueError as exc:
+            raise ClipperError(str(exc)) from None
         self._grace = _positive("shutdown_grace_s", shutdown_grace_s, allow_zero=True)
-        self._rng = np.random.default_rng(seed)
+        self._hang = _positive("hang_timeout_s", hang_timeout_s)
+        try:
+            self._rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise ClipperError(f"seed must be None or a non-negative int, got {seed!r}") from exc
+        self._deploying: set[tuple[str, str]] = set()
         self._apps: dict[str, _App] = {}
         self._models: dict[str, _Model] = {}
         self._ids = itertools.count()
@@ -239,6 +251,7 @@ class Clipper:
             input_type=itype,
             default_output=default_output,
             slo_micros=slo,
+            slo_given=slo_micros,
             policy=pol,
             policy_name=pol_name,
             min_confidence=min_confidence,
@@ -387,7 +400,18 @@ class Clipper:
             )
         if kind == "thread" and is_async_func(func):
             raise ClipperError(f"model {name!r} is an async def: use backend='async'")
+        for linked in self._apps.values():
+            if name in linked.links and linked.input_type != itype:
+                raise ClipperError(
+                    f"model {name!r} is linked to app {linked.name!r}, which takes"
+                    f" {linked.input_type}; it cannot be deployed taking {itype}"
+                    " (unlink it first, or deploy under another name)"
+                )
         existing = self._models.get(name)
+        if (name, vkey) in self._deploying:
+            raise AlreadyExistsError(
+                f"model {name!r} version {version!r} is being deployed already", name=name
+            )
         if existing is not None:
             if vkey in existing.versions:
                 raise AlreadyExistsError(
@@ -407,20 +431,25 @@ class Clipper:
             batch_size=batch_size,
             batch_wait=wait,
             max_queue=queue_bound,
+            hang_timeout=self._hang,
             clock=self._clock,
         )
+        self._deploying.add((name, vkey))
         try:
-            await mv.set_num_replicas(replicas, self._grace)
-        except BaseException as exc:
-            await mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy"))
-            if isinstance(exc, Exception):
-                raise ClipperError(
-                    f"deploying model {name!r} version {version!r} failed: {exc}"
-                ) from exc
-            raise
-        if self._state is not _State.RUNNING:  # stopped while we were starting replicas
-            await mv.stop(0.0, Failure(Cause.SHUTDOWN, "the Clipper is shutting down"))
-            self._require_running("deploy a model")
+            try:
+                await mv.set_num_replicas(replicas, self._grace)
+            except BaseException as exc:
+                await mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy"))
+                if isinstance(exc, Exception):
+                    raise ClipperError(
+                        f"deploying model {name!r} version {version!r} failed: {exc}"
+                    ) from exc
+                raise
+            if self._state is not _State.RUNNING:  # stopped while replicas were starting
+                await mv.stop(0.0, Failure(Cause.SHUTDOWN, "the Clipper is shutting down"))
+                self._require_running("deploy a model")
+        finally:
+            self._deploying.discard((name, vkey))
         model = self._models.get(name)
         if model is None:
             model = self._models[name] = _Model(name, itype)
@@ -512,7 +541,14 @@ class Clipper:
         a = self._app(app)
         if isinstance(xs, str | bytes) or not isinstance(xs, Sequence | np.ndarray):
             raise ClipperError(f"predict_batch takes a sequence of inputs, got {type(xs).__name__}")
-        validated = [a.validate(x, app) for x in xs]
+        validated: list[Any] = []
+        try:
+            for x in xs:
+                validated.append(a.validate(x, app))  # noqa: PERF401 (its length is the index)
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"input {len(validated)} of the batch: {exc}", app=app, input_type=a.input_type
+            ) from None
         slo = a.slo if slo_micros is None else _positive("slo_micros", slo_micros) / MICROS
         deadline = t0 + slo
         ids = [next(self._ids) for _ in validated]
@@ -550,7 +586,9 @@ class Clipper:
         stats.queries += 1
         stats.defaults[cause.value] = stats.defaults.get(cause.value, 0) + 1
         stats.latency.record(latency)
-        return Prediction(qid, a.default_output, True, explanation, models, confidence, latency)
+        return Prediction(
+            qid, a.default_output, True, explanation, models, confidence, latency, cause.value
+        )
 
     def _explain(
         self, a: _App, name: str, mv: ModelVersion | None, failure: Failure, slo: float
@@ -786,7 +824,7 @@ class Clipper:
             "name": a.name,
             "input_type": a.input_type,
             "default_output": a.default_output,
-            "slo_micros": a.slo_micros,
+            "slo_micros": a.slo_given,
             "policy": a.policy_name,
             "min_confidence": a.min_confidence,
             "linked_models": list(a.links),

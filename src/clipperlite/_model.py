@@ -18,9 +18,6 @@ logger = logging.getLogger("clipperlite")
 #: The AIMD budget when no app links the model yet (seconds).
 UNLINKED_SLO = 0.1
 _MIN_BUDGET = 0.0005
-#: A batch running longer than max(HANG_MIN, HANG_SLOS x SLO) is hung: its replica is replaced.
-HANG_MIN = 1.0
-HANG_SLOS = 5.0
 
 
 def budget_for(slo: float, batch_wait: float) -> float:
@@ -48,8 +45,11 @@ class ModelVersion:
         batch_wait: float,
         max_queue: int,
         clock: Clock,
+        hang_timeout: float = 5.0,
     ) -> None:
         self.name = name
+        #: A batch still running this long after the last deadline of its queries is hung.
+        self.hang_after = hang_timeout
         self.version = version
         self.version_key = str(version)
         self.input_type = input_type
@@ -116,19 +116,14 @@ class ModelVersion:
                 "clipperlite: replica %s failed", task.get_name(), exc_info=task.exception()
             )
 
-    @property
-    def hang_after(self) -> float:
-        """How long a batch may run before its replica counts as hung (seconds)."""
-        return max(HANG_MIN, HANG_SLOS * self.slo)
-
     async def _watch(self) -> None:
         """Replace replicas stuck in one batch far past every deadline it could serve."""
         while not self.stopped:
             await asyncio.sleep(max(0.05, self.hang_after / 4))
             now = self.clock()
             for entry in list(self._replicas):
-                slot = entry[1]
-                if slot.batch is not None and now - slot.busy_since > self.hang_after:
+                batch = entry[1].batch
+                if batch and now - max(q.deadline for q in batch) > self.hang_after:
                     await self._replace(entry)
 
     async def _replace(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
@@ -136,13 +131,15 @@ class ModelVersion:
         if entry not in self._replicas:
             return
         logger.warning(
-            "clipperlite: replica %s has run one batch for over %.1f s; replacing it",
+            "clipperlite: replica %s is still in a batch %.1f s past its deadlines; replacing it",
             slot.name,
             self.hang_after,
         )
         self._replicas.remove(entry)
         slot.stopping = True
-        hung = Failure(Cause.DEADLINE, f"hung for over {self.hang_after:.1f} s in one batch")
+        hung = Failure(
+            Cause.DEADLINE, f"hung: still running {self.hang_after:.1f} s past the deadline"
+        )
         for q in slot.batch or ():
             q.resolve(hung)
         self.replaced += 1

@@ -21,6 +21,8 @@ class Prediction:
     confidence: float = field(default=0.0, repr=False, compare=False)
     #: Time from the call to the answer, in microseconds.
     latency_micros: float = field(default=0.0, repr=False, compare=False)
+    #: Why the default came back, as counted in `metrics()` (None when `default` is False).
+    default_cause: str | None = field(default=None, repr=False, compare=False)
 
 
 class Cause(str, enum.Enum):
