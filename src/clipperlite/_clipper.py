@@ -672,6 +672,8 @@ class Clipper:
         try:
             answer, confidence = policy.combine(state, xv, outputs)
             confidence = float(confidence)
+            if not 0.0 <= confidence <= 1.0:
+                raise ValueError(f"confidence {confidence!r} is not in [0, 1]")
         except Exception as exc:
             return self._default(
                 a,
@@ -789,7 +791,7 @@ class Clipper:
         while the app has no linked model. Save it to carry learning across restarts."""
         app = self._app(app_name)
         if not app.links:
-            return copy.deepcopy(app.state)
+            return None
         return copy.deepcopy(self._policy_state(app))
 
     def set_policy_state(self, app_name: str, state: Any) -> None:

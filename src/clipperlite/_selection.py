@@ -16,7 +16,10 @@ import numpy as np
 #: loss(output, label) -> float in [0, 1].
 Loss = Callable[[Any, Any], float]
 
-_LOG_FLOOR = -700.0  # exp(-700) is still a positive double
+#: Default bound on how far a log weight may fall below the best one. Without a bound
+#: every good query widens the gap, so recovery after a change would take as long as
+#: the app had run before; exp(-10) still leaves a model a 1-in-22,000 weight.
+MAX_LOG_GAP = 10.0
 
 
 @runtime_checkable
@@ -87,7 +90,7 @@ def _carry_over(models: list[str], previous: Any) -> list[float]:
     return [float(old.get(m, newcomer)) for m in models]
 
 
-def restore_weights(state: Any, linked: list[str]) -> dict[str, Any]:
+def restore_weights(state: Any, linked: list[str], gap: float = MAX_LOG_GAP) -> dict[str, Any]:
     """Check a saved {"models", "log_weights"} state against the linked models.
 
     Raises ValueError naming what is wrong; models linked now but absent from the
@@ -107,9 +110,13 @@ def restore_weights(state: Any, linked: list[str]) -> dict[str, Any]:
         raise ValueError("'log_weights' must be a list with one number per model")
     weights = []
     for w in log_weights:
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+        try:
+            value = float(w)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(value):
             raise ValueError(f"'log_weights' must be finite numbers, got {w!r}")
-        weights.append(float(w))
+        weights.append(value)
     unknown = [m for m in models if m not in linked]
     if unknown:
         raise ValueError(
@@ -118,12 +125,13 @@ def restore_weights(state: Any, linked: list[str]) -> dict[str, Any]:
     if not models:
         return {"models": list(linked), "log_weights": [0.0] * len(linked)}
     previous = {"models": list(models), "log_weights": weights}
-    return {"models": list(linked), "log_weights": _normalised(_carry_over(linked, previous))}
+    weights = _normalised(_carry_over(linked, previous), gap)
+    return {"models": list(linked), "log_weights": weights}
 
 
-def _normalised(log_weights: Sequence[float]) -> list[float]:
+def _normalised(log_weights: Sequence[float], gap: float = MAX_LOG_GAP) -> list[float]:
     top = max(log_weights)
-    return [max(_LOG_FLOOR, w - top) for w in log_weights]
+    return [max(-gap, w - top) for w in log_weights]
 
 
 def _probabilities(log_weights: Sequence[float]) -> list[float]:
@@ -138,7 +146,8 @@ class Exp3:
 
     On feedback, the chosen model's weight is multiplied by exp(-eta * loss / p_i)
     (importance weighted); gamma > 0 keeps every model in play so one that recovers
-    is found again. Confidence is always 1.
+    is found again, and no log weight falls more than `max_log_gap` below the best,
+    so recovery after a change does not slow down with uptime. Confidence is 1.
     """
 
     def __init__(
@@ -148,13 +157,17 @@ class Exp3:
         gamma: float = 0.05,
         loss: Loss | None = None,
         rng: np.random.Generator | int | None = None,
+        max_log_gap: float = MAX_LOG_GAP,
     ) -> None:
         if not eta > 0:
             raise ValueError(f"Exp3 eta must be > 0, got {eta!r}")
         if not 0 < gamma <= 1:
             raise ValueError(f"Exp3 gamma must be in (0, 1], got {gamma!r}")
+        if not max_log_gap > 0:
+            raise ValueError(f"max_log_gap must be > 0, got {max_log_gap!r}")
         self.eta = eta
         self.gamma = gamma
+        self.max_log_gap = max_log_gap
         self.loss = loss or default_loss
         self._random = np.random.default_rng(rng).random
 
@@ -166,7 +179,7 @@ class Exp3:
 
     def restore_state(self, state: Any, models: list[str]) -> dict[str, Any]:
         """A state saved by `get_policy_state`, checked against the linked models."""
-        return restore_weights(state, models)
+        return restore_weights(state, models, self.max_log_gap)
 
     def probabilities(self, state: dict[str, Any]) -> list[float]:
         """Each model's chance of being picked, in `state["models"]` order."""
@@ -201,7 +214,7 @@ class Exp3:
             i = models.index(name)
             loss = _check_loss(self.loss(output, y))
             log_weights[i] -= self.eta * loss / probs[i]
-        return {"models": list(models), "log_weights": _normalised(log_weights)}
+        return {"models": list(models), "log_weights": _normalised(log_weights, self.max_log_gap)}
 
 
 class Exp4:
@@ -210,6 +223,8 @@ class Exp4:
     Confidence is the share of the selected models' weight that agrees with the
     answer (vote) or that answered in time (mean), so stragglers lower it. On
     feedback every model that answered has its weight multiplied by exp(-eta * loss).
+    A `combiner(outputs, weights)` replaces the vote/mean; it gets the weights of the
+    models that answered, renormalised to sum to 1.
     """
 
     def __init__(
@@ -218,9 +233,13 @@ class Exp4:
         eta: float = 0.1,
         loss: Loss | None = None,
         combiner: Callable[[dict[str, Any], dict[str, float]], tuple[Any, float]] | None = None,
+        max_log_gap: float = MAX_LOG_GAP,
     ) -> None:
         if not eta > 0:
             raise ValueError(f"Exp4 eta must be > 0, got {eta!r}")
+        if not max_log_gap > 0:
+            raise ValueError(f"max_log_gap must be > 0, got {max_log_gap!r}")
+        self.max_log_gap = max_log_gap
         self.eta = eta
         self.loss = loss or default_loss
         self.combiner = combiner
@@ -233,7 +252,7 @@ class Exp4:
 
     def restore_state(self, state: Any, models: list[str]) -> dict[str, Any]:
         """A state saved by `get_policy_state`, checked against the linked models."""
-        return restore_weights(state, models)
+        return restore_weights(state, models, self.max_log_gap)
 
     def select(self, state: dict[str, Any], x: Any) -> list[str]:
         return list(state["models"])
@@ -245,7 +264,9 @@ class Exp4:
     def combine(self, state: dict[str, Any], x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
         weights = self.weights(state)
         if self.combiner is not None:
-            return self.combiner(outputs, weights)
+            share = {m: weights.get(m, 0.0) for m in outputs}
+            norm = sum(share.values()) or 1.0
+            return self.combiner(outputs, {m: w / norm for m, w in share.items()})
         total = sum(weights.values())
         arrived = {m: weights.get(m, 0.0) for m in outputs}
         got = sum(arrived.values())
@@ -278,7 +299,7 @@ class Exp4:
             if name in models:
                 i = models.index(name)
                 log_weights[i] -= self.eta * _check_loss(self.loss(output, y))
-        return {"models": list(models), "log_weights": _normalised(log_weights)}
+        return {"models": list(models), "log_weights": _normalised(log_weights, self.max_log_gap)}
 
 
 def _vote_key(v: Any) -> Hashable:

@@ -1,0 +1,545 @@
+"""Model selection benchmarks (Clipper paper, section 5): Exp3 and Exp4 learning whom to trust.
+
+    python benchmarks/selection.py            # full run, a couple of minutes on 2 cores
+    python benchmarks/selection.py --quick    # the same experiments, smaller (< 30 s)
+
+Three experiments, each reported against baselines measured in the same run:
+
+1. The paper's simulation: five models with accuracies 0.91, 0.83, 0.76, 0.65 and
+   0.54 answer a stream of 10-class labels (a wrong answer is a uniformly random
+   other label); from query 1,000 on the best model is always wrong. Exp3 and Exp4
+   (eta = 0.1) learn from feedback on every query. Baselines: the best static
+   model (the 0.91 one, before and after it breaks) and an oracle that always asks
+   the model that is best at that moment. Curves are averaged over many seeds and
+   run through the pure policy objects (`Exp3`/`Exp4` select, combine, observe);
+   a shorter run through a real `Clipper` app with `predict` and `feedback` checks
+   that the facade behaves the same. A third table moves the failure later
+   (after 1,000, 5,000 and 20,000 good queries) to show how recovery depends on
+   how long the app ran before the model broke.
+2. scikit-learn's bundled digits data (no download): five classifiers trained on
+   half of it are deployed as clipperlite models; the other half streams through
+   an Exp4 app, an Exp3 app, one app per single model, and Exp4 apps with a few
+   `min_confidence` values, with feedback after every query. Reported: accuracy of
+   each app, and coverage against error for the `min_confidence` apps (the paper's
+   "robust predictions" table).
+3. Plots (PNG) under docs/img/, shown in docs/concepts/selection.md.
+
+scikit-learn and matplotlib are benchmark extras (`pip install -e '.[bench]'`);
+clipperlite itself never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipperlite import Clipper, Exp3, Exp4
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- 1. the paper's simulation --------------------------------------------------------------
+
+ACCURACIES = (0.91, 0.83, 0.76, 0.65, 0.54)
+NAMES = [f"m{i}" for i in range(len(ACCURACIES))]
+CLASSES = 10
+ETA = 0.1
+QUERIES = 2_000
+BREAK_AT = 1_000
+EXP3_WINDOW = (800, 1_000)  # target: Exp3 accuracy >= 0.85 over these queries
+RECOVERED = 0.75  # target: back to this accuracy within 1,000 queries of the failure
+RECOVERY_WINDOW = 100  # accuracy "back" = the mean over the last 100 queries reaches it
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One seed's labels and every model's answer to every query."""
+
+    labels: np.ndarray  # (n,)
+    outputs: np.ndarray  # (n, models)
+    best: np.ndarray  # (n,) index of the model that is best at query t
+
+
+def make_stream(seed: int, n: int = QUERIES, break_at: int = BREAK_AT) -> Stream:
+    """Labels, and model outputs right with each model's accuracy; model 0 breaks at `break_at`."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, n)
+    right = rng.random((n, len(ACCURACIES))) < np.array(ACCURACIES)
+    right[break_at:, 0] = False
+    wrong = (labels[:, None] + rng.integers(1, CLASSES, (n, len(ACCURACIES)))) % CLASSES
+    outputs = np.where(right, labels[:, None], wrong)
+    best = np.where(np.arange(n) < break_at, 0, 1)
+    return Stream(labels, outputs, best)
+
+
+def run_exp3(stream: Stream, seed: int, **options: Any) -> np.ndarray:
+    """Exp3 through the pure policy object: 1.0 where its answer was right."""
+    policy = Exp3(eta=ETA, rng=seed, **options)
+    state = policy.init_state(NAMES)
+    labels, outputs = stream.labels.tolist(), stream.outputs.tolist()
+    right = np.zeros(len(labels))
+    for t, y in enumerate(labels):
+        (name,) = policy.select(state, t)
+        out = outputs[t][NAMES.index(name)]
+        answer, _ = policy.combine(state, t, {name: out})
+        right[t] = answer == y
+        state = policy.observe(state, t, y, {name: out})
+    return right
+
+
+def run_exp4(stream: Stream, seed: int, **options: Any) -> np.ndarray:
+    """Exp4 through the pure policy object: 1.0 where its weighted vote was right."""
+    policy = Exp4(eta=ETA, **options)
+    state = policy.init_state(NAMES)
+    labels, outputs = stream.labels.tolist(), stream.outputs.tolist()
+    right = np.zeros(len(labels))
+    for t, y in enumerate(labels):
+        outs = {name: outputs[t][i] for i, name in enumerate(policy.select(state, t))}
+        answer, _ = policy.combine(state, t, outs)
+        right[t] = answer == y
+        state = policy.observe(state, t, y, outs)
+    return right
+
+
+def run_static(stream: Stream) -> np.ndarray:
+    """Always ask the model that was best at the start."""
+    return (stream.outputs[:, 0] == stream.labels).astype(float)
+
+
+def run_oracle(stream: Stream) -> np.ndarray:
+    """Always ask the model that is best at that moment."""
+    picked = stream.outputs[np.arange(len(stream.labels)), stream.best]
+    return (picked == stream.labels).astype(float)
+
+
+async def run_facade(stream: Stream, seed: int, policy: str) -> tuple[np.ndarray, float]:
+    """The same stream through a real Clipper app: predict, then feedback, per query.
+
+    Returns 1.0 where the answer was right, and the model calls per query.
+    """
+    calls = [0]
+    outputs = stream.outputs.tolist()
+
+    def model(i: int) -> Callable[[list[Any]], Any]:
+        async def answer(xs: list[Any]) -> list[int]:
+            calls[0] += len(xs)
+            return [outputs[int(x[0])][i] for x in xs]
+
+        return answer
+
+    right = np.zeros(len(stream.labels))
+    async with Clipper(seed=seed) as clipper:
+        clipper.register_application("sim", "integers", -1, 1_000_000, policy=policy)
+        for i, name in enumerate(NAMES):
+            await clipper.deploy_model(name, 1, "integers", model(i))
+            clipper.link_model_to_app("sim", name)
+        for t, y in enumerate(stream.labels.tolist()):
+            p = await clipper.predict("sim", [t])
+            right[t] = p.output == y
+            await clipper.feedback("sim", [t], y)
+        defaults = clipper.metrics()["apps"]["sim"]["defaults_total"]
+        if defaults:
+            raise RuntimeError(f"the simulation app gave {defaults} defaults")
+    return right, calls[0] / len(stream.labels)
+
+
+def recovery(curve: np.ndarray, break_at: int = BREAK_AT) -> int | None:
+    """Queries after the failure until the mean accuracy over the last 100 reaches 0.75."""
+    w = RECOVERY_WINDOW
+    csum = np.concatenate([[0.0], np.cumsum(curve)])
+    for end in range(break_at + w, len(curve) + 1):
+        if (csum[end] - csum[end - w]) / w >= RECOVERED:
+            return end - break_at
+    return None
+
+
+def rolling(curve: np.ndarray, w: int = 50) -> np.ndarray:
+    """Trailing mean over `w` queries (shorter at the start)."""
+    csum = np.concatenate([[0.0], np.cumsum(curve)])
+    ends = np.arange(1, len(curve) + 1)
+    starts = np.maximum(0, ends - w)
+    return (csum[ends] - csum[starts]) / (ends - starts)
+
+
+def simulation(seeds: int, facade_seeds: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    streams = [make_stream(s) for s in range(seeds)]
+    curves = {
+        "Exp3": np.mean([run_exp3(st, 10_000 + s) for s, st in enumerate(streams)], axis=0),
+        "Exp4": np.mean([run_exp4(st, s) for s, st in enumerate(streams)], axis=0),
+        "best static model": np.mean([run_static(st) for st in streams], axis=0),
+        "oracle": np.mean([run_oracle(st) for st in streams], axis=0),
+    }
+    pure_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    facade: dict[str, np.ndarray] = {}
+    calls: dict[str, float] = {}
+    for policy in ("exp3", "exp4"):
+        runs = [
+            asyncio.run(run_facade(streams[s], 20_000 + s, policy)) for s in range(facade_seeds)
+        ]
+        facade[f"{policy.capitalize()} via Clipper"] = np.mean([r for r, _ in runs], axis=0)
+        calls[policy] = float(np.mean([c for _, c in runs]))
+    facade_s = time.perf_counter() - t0
+    return {
+        "curves": curves,
+        "facade": facade,
+        "calls": calls,
+        "seeds": seeds,
+        "facade_seeds": facade_seeds,
+        "seconds": (pure_s, facade_s),
+    }
+
+
+def uptime(seeds: int, stable: tuple[int, ...]) -> list[tuple[str, int, float, int | None]]:
+    """Recovery when the best model breaks after `stable` good queries (1,000 after it)."""
+    rows = []
+    for policy, run in (("Exp3", run_exp3), ("Exp4", run_exp4)):
+        for n in stable:
+            streams = [make_stream(s, n + 1_000, n) for s in range(seeds)]
+            curve = np.mean([run(st, 30_000 + s) for s, st in enumerate(streams)], axis=0)
+            rows.append((policy, n, float(curve[n:].mean()), recovery(curve, n)))
+    return rows
+
+
+# -- 2. digits -----------------------------------------------------------------------------
+
+MIN_CONFIDENCES = (0.6, 0.7, 0.9, 0.99)
+
+
+def train_digits(split: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Five scikit-learn classifiers trained on half of the digits; the other half to stream."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.5, random_state=split, stratify=y
+    )
+    classifiers = {
+        "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2_000)),
+        "knn": KNeighborsClassifier(n_neighbors=3, algorithm="brute"),
+        "tree": DecisionTreeClassifier(random_state=split),
+        "naive-bayes": GaussianNB(),
+        "svm": SVC(gamma=0.001),
+    }
+    for clf in classifiers.values():
+        clf.fit(x_train, y_train)
+    return classifiers, x_test, y_test
+
+
+def as_model(clf: Any) -> Callable[[list[np.ndarray]], list[int]]:
+    def predict(xs: list[np.ndarray]) -> list[int]:
+        return [int(v) for v in clf.predict(np.stack(xs))]
+
+    return predict
+
+
+@dataclass
+class DigitsResult:
+    split: int
+    n: int
+    accuracy: dict[str, float]  # app -> accuracy (defaults count as wrong)
+    curves: dict[str, np.ndarray]  # app -> 1.0 where right
+    coverage: dict[float | None, tuple[float, float]]  # min_confidence -> (coverage, error)
+    confidence: np.ndarray  # Exp4's confidence per query
+    exp4_right: np.ndarray
+    model_calls: int
+    defaults: int
+
+
+async def digits_stream(split: int, limit: int | None) -> DigitsResult:
+    classifiers, x_test, y_test = train_digits(split)
+    if limit is not None:
+        x_test, y_test = x_test[:limit], y_test[:limit]
+    calls = [0]
+
+    def counted(func: Callable[[list[np.ndarray]], list[int]]) -> Callable[..., list[int]]:
+        def run(xs: list[np.ndarray]) -> list[int]:
+            calls[0] += len(xs)
+            return func(xs)
+
+        return run
+
+    slo = 1_000_000  # generous: this measures selection, not latency (see the batching docs)
+    async with Clipper(seed=split) as clipper:
+        apps: dict[str, float | None] = {"Exp4": None, "Exp3": None, "Exp4 eta=1": None}
+        clipper.register_application("Exp4", "doubles", -1, slo, policy="exp4")
+        clipper.register_application("Exp3", "doubles", -1, slo, policy="exp3")
+        clipper.register_application("Exp4 eta=1", "doubles", -1, slo, policy=Exp4(eta=1.0))
+        for c in MIN_CONFIDENCES:
+            clipper.register_application(
+                f"Exp4 min_confidence={c}", "doubles", -1, slo, policy="exp4", min_confidence=c
+            )
+            apps[f"Exp4 min_confidence={c}"] = c
+        for name, clf in classifiers.items():
+            await clipper.deploy_model(name, 1, "doubles", counted(as_model(clf)))
+            clipper.register_application(f"only {name}", "doubles", -1, slo)
+            clipper.link_model_to_app(f"only {name}", name)
+            for app in apps:
+                clipper.link_model_to_app(app, name)
+        every = [*apps, *(f"only {name}" for name in classifiers)]
+        right = {app: np.zeros(len(y_test)) for app in every}
+        answered = {app: np.zeros(len(y_test), dtype=bool) for app in every}
+        confidence = np.zeros(len(y_test))
+        for t, (x, y) in enumerate(zip(x_test, y_test.tolist(), strict=True)):
+            preds = await asyncio.gather(*(clipper.predict(app, x) for app in every))
+            for app, p in zip(every, preds, strict=True):
+                answered[app][t] = not p.default
+                right[app][t] = (not p.default) and p.output == y
+            confidence[t] = preds[0].confidence
+            await asyncio.gather(*(clipper.feedback(app, x, y) for app in every))
+        stats = clipper.metrics()["apps"]
+        defaults = sum(
+            n
+            for app in every
+            for cause, n in stats[app]["defaults"].items()
+            if cause != "low_confidence"
+        )
+    coverage: dict[float | None, tuple[float, float]] = {}
+    for app, c in apps.items():
+        if app in ("Exp3", "Exp4 eta=1"):
+            continue
+        got = answered[app]
+        error = 1.0 - right[app][got].mean() if got.any() else float("nan")
+        coverage[c] = (float(got.mean()), float(error))
+    return DigitsResult(
+        split=split,
+        n=len(y_test),
+        accuracy={app: float(right[app].mean()) for app in every},
+        curves=right,
+        coverage=coverage,
+        confidence=confidence,
+        exp4_right=right["Exp4"],
+        model_calls=calls[0],
+        defaults=defaults,
+    )
+
+
+# -- 3. plots --------------------------------------------------------------------------------
+
+
+def plot_simulation(sim: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"Exp3": "C0", "Exp4": "C1", "best static model": "C3", "oracle": "0.4"}
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    x = np.arange(1, QUERIES + 1)
+    for name, curve in sim["curves"].items():
+        style = ":" if name == "oracle" else "-"
+        ax.plot(x, rolling(curve), style, color=colors[name], label=name, lw=1.6)
+    for name, curve in sim["facade"].items():
+        color = colors[name.split()[0]]
+        ax.plot(x, rolling(curve), "--", color=color, lw=1, alpha=0.8, label=name)
+    ax.axvline(BREAK_AT, color="0.6", lw=0.8)
+    ax.text(BREAK_AT + 15, 0.05, "best model breaks", color="0.4", fontsize=9)
+    ax.hlines(0.85, *EXP3_WINDOW, color="C0", lw=3, alpha=0.5, label="target Exp3 >= 0.85")
+    ax.set_xlabel("query")
+    ax.set_ylabel("accuracy (trailing mean of 50 queries)")
+    ax.set_ylim(0, 1.0)
+    ax.set_xlim(0, QUERIES)
+    ax.set_title(
+        f"Five models (acc. {', '.join(map(str, ACCURACIES))}), eta={ETA}:"
+        f" {sim['seeds']} seeds ({sim['facade_seeds']} via Clipper)",
+        fontsize=10,
+    )
+    ax.legend(loc="lower left", fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_digits(result: DigitsResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    x = np.arange(1, result.n + 1)
+    for app, curve in result.curves.items():
+        if "min_confidence" in app:
+            continue
+        mistakes = np.cumsum(1.0 - curve)
+        main = app.startswith("Exp")
+        left.plot(x, mistakes, "-" if main else ":", lw=1.8 if main else 1.2, label=app)
+    left.set_xlabel("query of the test stream")
+    left.set_ylabel("mistakes so far")
+    left.set_ylim(0, 4 * max(np.sum(1.0 - c) for a, c in result.curves.items() if a == "Exp3"))
+    left.set_title(f"Digits: mistakes over the stream (split {result.split})", fontsize=10)
+    left.legend(fontsize=8, loc="upper left")
+    left.grid(alpha=0.3)
+
+    order = np.argsort(-result.confidence, kind="stable")
+    wrong = 1.0 - result.exp4_right[order]
+    k = np.arange(1, len(order) + 1)
+    right.plot(k / len(k), np.cumsum(wrong) / k, color="C0", lw=1.2, label="Exp4, any threshold")
+    points: dict[tuple[float, float], list[str]] = {}
+    for c, (cov, err) in result.coverage.items():
+        points.setdefault((cov, err), []).append("none" if c is None else str(c))
+    for n, ((cov, err), labels) in enumerate(sorted(points.items())):
+        right.plot(
+            [cov], [err], "o", color="C0", label="apps with min_confidence" if n == 0 else None
+        )
+        right.annotate(
+            " / ".join(labels),
+            (cov, err),
+            textcoords="offset points",
+            xytext=(-7, 3),
+            fontsize=9,
+            ha="right",
+            va="bottom",
+        )
+    lowest = min(cov for cov, _ in result.coverage.values())
+    right.set_xlim(max(0.0, lowest - 0.05), 1.005)
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8, loc="upper left")
+    right.set_xlabel("coverage (share answered, not the default)")
+    right.set_ylabel("error of the answers given")
+    right.set_title("Robust predictions: coverage against error", fontsize=10)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (< 30 s)")
+    parser.add_argument("--seeds", type=int, help="simulation seeds (default 100, quick 20)")
+    parser.add_argument("--splits", type=int, help="digits train/test splits (default 3, quick 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="where PNGs go")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    args = parser.parse_args(argv)
+    seeds = args.seeds or (20 if args.quick else 100)
+    facade_seeds = 2 if args.quick else 20
+    splits = args.splits or (1 if args.quick else 3)
+    started = time.perf_counter()
+
+    print(f"== 1. simulation: {QUERIES} queries, model m0 breaks at {BREAK_AT}, eta={ETA}")
+    sim = simulation(seeds, facade_seeds)
+    c = {**sim["curves"], **sim["facade"]}
+    print(
+        f"   ({seeds} seeds through the policy objects in {sim['seconds'][0]:.1f} s,"
+        f" {facade_seeds} through a Clipper app in {sim['seconds'][1]:.1f} s)"
+    )
+    print(
+        f"{'':24s} {'acc 800-1000':>12s} {'acc 1000-2000':>13s} {'acc 1500-2000':>13s}"
+        f" {'recovered after':>15s}"
+    )
+    for name, curve in c.items():
+        rec = recovery(curve)
+        print(
+            f"{name:24s} {curve[800:1000].mean():12.3f} {curve[1000:].mean():13.3f}"
+            f" {curve[1500:].mean():13.3f} {'never' if rec is None else f'{rec} queries':>15s}"
+        )
+    print(
+        f"   model calls per query via Clipper (predict + feedback): exp3 "
+        f"{sim['calls']['exp3']:.2f}, exp4 {sim['calls']['exp4']:.2f}"
+    )
+    exp3 = sim["curves"]["Exp3"]
+    lo, hi = EXP3_WINDOW
+    target_acc = exp3[lo:hi].mean() >= 0.85
+    rec = recovery(exp3)
+    target_rec = rec is not None and rec <= 1_000
+    print(
+        f"   target Exp3 accuracy over queries {lo}-{hi} >= 0.85: {exp3[lo:hi].mean():.3f}"
+        f" ({verdict(target_acc)})"
+    )
+    print(
+        f"   target Exp3 back to >= {RECOVERED} within 1000 queries: "
+        f"{'never' if rec is None else rec} ({verdict(target_rec)})"
+    )
+
+    stable = (1_000, 5_000) if args.quick else (1_000, 5_000, 20_000)
+    up_seeds = 5 if args.quick else 10
+    print(f"\n== 1b. recovery against uptime: m0 breaks after N good queries ({up_seeds} seeds)")
+    print(f"{'':6s} {'N':>6s} {'acc next 1000':>13s} {'recovered after':>15s}")
+    for policy, n, acc, r in uptime(up_seeds, stable):
+        print(f"{policy:6s} {n:6d} {acc:13.3f} {'never' if r is None else f'{r} queries':>15s}")
+
+    print(f"\n== 2. digits: 5 scikit-learn classifiers, {splits} train/test split(s)")
+    results = []
+    for split in range(splits):
+        limit = 300 if args.quick else None
+        results.append(asyncio.run(digits_stream(split, limit)))
+    apps = list(results[0].accuracy)
+    print(
+        f"{'accuracy of app':28s} "
+        + " ".join(f"{'split ' + str(r.split):>8s}" for r in results)
+        + f" {'mean':>8s} {'2nd half':>8s}"
+    )
+    for app in apps:
+        accs = [r.accuracy[app] for r in results]
+        late = np.mean([r.curves[app][r.n // 2 :].mean() for r in results])
+        print(
+            f"{app:28s} "
+            + " ".join(f"{a:8.4f}" for a in accs)
+            + f" {np.mean(accs):8.4f} {late:8.4f}"
+        )
+    wins = 0
+    for r in results:
+        singles = {a: v for a, v in r.accuracy.items() if a.startswith("only ")}
+        best = max(singles, key=singles.__getitem__)
+        ok = r.accuracy["Exp4"] >= singles[best]
+        wins += ok
+        print(
+            f"   split {r.split} ({r.n} queries, {r.model_calls} model calls for"
+            f" {len(apps)} apps, {r.defaults} defaults other than low confidence):"
+            f" Exp4 {r.accuracy['Exp4']:.4f} vs best single ({best}) {singles[best]:.4f}"
+            f" -> {verdict(ok)}"
+        )
+    print(
+        f"   target Exp4 at least as good as the best single model: {wins} of"
+        f" {len(results)} splits ({verdict(wins == len(results))})"
+    )
+    print("   robust predictions (Exp4, split 0):")
+    print(f"   {'min_confidence':>14s} {'coverage':>9s} {'error':>8s}")
+    for c_, (cov, err) in results[0].coverage.items():
+        print(f"   {'none' if c_ is None else c_:>14} {cov:9.3f} {err:8.4f}")
+    if len(results) > 1:
+        print("   (mean over splits)")
+        for c_ in results[0].coverage:
+            cov = np.mean([r.coverage[c_][0] for r in results])
+            err = np.mean([r.coverage[c_][1] for r in results])
+            print(f"   {'none' if c_ is None else c_:>14} {cov:9.3f} {err:8.4f}")
+
+    if not args.no_plots:
+        sim_png = args.out / "selection_simulation.png"
+        dig_png = args.out / "selection_digits.png"
+        plot_simulation(sim, sim_png)
+        plot_digits(results[0], dig_png)
+        print(f"\nplots: {sim_png}, {dig_png}")
+    print(f"total {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Model selection through the public API: apps with several models, predict and feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import pytest
+
+import clipperlite
+from clipperlite import Clipper, ClipperError, Exp4, testing
+
+SLO = 1_000_000  # µs: generous, so only the tests that mean to see a deadline see one
+
+
+async def deploy(
+    clipper: Clipper, app: str, models: dict[str, Any], itype: str = "doubles"
+) -> None:
+    """Deploy each model (name -> func) and link it to `app`, in order."""
+    for name, func in models.items():
+        await clipper.deploy_model(name, 1, itype, func)
+        clipper.link_model_to_app(app, name)
+
+
+def weights(state: dict[str, Any]) -> dict[str, float]:
+    """Model -> log weight, from a built-in policy's state."""
+    return dict(zip(state["models"], state["log_weights"], strict=True))
+
+
+class Failing:
+    """A policy (Exp4's behaviour) whose `method` raises RuntimeError('boom')."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.inner = Exp4()
+
+    def _maybe_fail(self, method: str) -> None:
+        if method == self.method:
+            raise RuntimeError("boom")
+
+    def init_state(self, models: list[str], previous: Any = None) -> Any:
+        return self.inner.init_state(models, previous)
+
+    def select(self, state: Any, x: Any) -> list[str]:
+        self._maybe_fail("select")
+        return self.inner.select(state, x)
+
+    def combine(self, state: Any, x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
+        self._maybe_fail("combine")
+        return self.inner.combine(state, x, outputs)
+
+    def observe(self, state: Any, x: Any, y: Any, outputs: dict[str, Any]) -> Any:
+        self._maybe_fail("observe")
+        return self.inner.observe(state, x, y, outputs)
+
+
+class FirstWins:
+    """A user-written policy: ask the model with the fewest mistakes so far (ties: the first)."""
+
+    def init_state(self, models: list[str], previous: Any = None) -> dict[str, int]:
+        old = previous or {}
+        return {m: old.get(m, 0) for m in models}
+
+    def select(self, state: dict[str, int], x: Any) -> list[str]:
+        return [min(state, key=state.__getitem__)]
+
+    def combine(self, state: dict[str, int], x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
+        return next(iter(outputs.values())), 1.0
+
+    def observe(
+        self, state: dict[str, int], x: Any, y: Any, outputs: dict[str, Any]
+    ) -> dict[str, int]:
+        return {m: n + (m in outputs and outputs[m] != y) for m, n in state.items()}
+
+
+class RecordingExp4(Exp4):
+    """Exp4 that records every init_state call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[list[str], Any]] = []
+
+    def init_state(self, models: list[str], previous: Any = None) -> dict[str, Any]:
+        self.calls.append((list(models), previous))
+        return super().init_state(models, previous)
+
+
+@pytest.mark.anyio
+async def test_exp3_app_learns_to_choose_the_model_feedback_says_is_right() -> None:
+    """After 100 feedbacks naming one model right, a seeded Exp3 app mostly asks that one."""
+    async with Clipper(seed=7) as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp3")
+        await deploy(
+            clipper, "app", {"right": testing.constant("yes"), "wrong": testing.constant("no")}
+        )
+        for i in range(100):
+            await clipper.feedback("app", [float(i)], "yes")
+        answers = [(await clipper.predict("app", [1000.0 + i])).output for i in range(200)]
+        state = weights(clipper.get_policy_state("app"))
+    assert answers.count("yes") >= 180
+    assert state["right"] > state["wrong"]
+
+
+@pytest.mark.anyio
+async def test_feedback_uses_the_cached_output_of_a_prediction() -> None:
+    """Feedback for an x predicted before takes the models' outputs from the cache."""
+    a, b = testing.counting(testing.constant("cat")), testing.counting(testing.constant("dog"))
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "app", {"a": a, "b": b})
+        await clipper.predict("app", [1.0, 2.0])
+        before = weights(clipper.get_policy_state("app"))
+        await clipper.feedback("app", [1.0, 2.0], "cat")
+        after = weights(clipper.get_policy_state("app"))
+    assert (a.calls, b.calls) == (1, 1)
+    assert after["a"] - after["b"] > before["a"] - before["b"]
+
+
+@pytest.mark.anyio
+async def test_feedback_computes_an_output_that_is_missing() -> None:
+    """Feedback for an x never predicted asks the models, then updates the weights."""
+    a, b = testing.counting(testing.constant("cat")), testing.counting(testing.constant("dog"))
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "app", {"a": a, "b": b})
+        await clipper.feedback("app", [3.0], "dog")
+        state = weights(clipper.get_policy_state("app"))
+    assert (a.calls, b.calls) == (1, 1)
+    assert [float(x[0]) for x in a.inputs] == [3.0]
+    assert state["b"] > state["a"]
+
+
+@pytest.mark.anyio
+async def test_exp4_weighted_vote_through_predict() -> None:
+    """Exp4 answers the label with the most weight, its confidence that weight's share."""
+    models = {m: testing.constant(v) for m, v in (("a", "cat"), ("b", "dog"), ("c", "dog"))}
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "app", models)
+        equal = await clipper.predict("app", [1.0])
+        clipper.set_policy_state("app", {"models": ["a", "b", "c"], "log_weights": [0, -2, -2]})
+        weighted = await clipper.predict("app", [1.0])
+    assert (equal.output, equal.models_answered) == ("dog", 3)
+    assert equal.confidence == pytest.approx(2 / 3)
+    assert (weighted.output, weighted.models_answered) == ("cat", 3)
+    assert weighted.confidence == pytest.approx(1 / (1 + 2 * math.exp(-2)))
+
+
+@pytest.mark.anyio
+async def test_exp4_weighted_mean_through_predict() -> None:
+    """Exp4 averages float outputs by weight, with confidence 1 when all answered."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", -1.0, SLO, policy="exp4")
+        await deploy(clipper, "app", {"a": testing.constant(1.0), "b": testing.constant(3.0)})
+        equal = await clipper.predict("app", [1.0])
+        clipper.set_policy_state("app", {"models": ["a", "b"], "log_weights": [0, math.log(3)]})
+        weighted = await clipper.predict("app", [1.0])
+    assert equal.output == pytest.approx(2.0)
+    assert weighted.output == pytest.approx(2.5)
+    assert (weighted.models_answered, weighted.confidence) == (2, pytest.approx(1.0))
+
+
+@pytest.mark.anyio
+async def test_exp4_answers_from_the_models_that_beat_the_deadline() -> None:
+    """A model slower than the SLO is left out: the others' mean, fewer answers, less confidence."""
+    models = {
+        "a": testing.constant(1.0),
+        "b": testing.constant(3.0),
+        "slow": testing.async_slow(2.0, testing.constant(100.0)),
+    }
+    async with Clipper(shutdown_grace_s=0.0) as clipper:
+        clipper.register_application("app", "doubles", -1.0, 200_000, policy="exp4")
+        await deploy(clipper, "app", models)
+        p = await clipper.predict("app", [1.0])
+    assert (p.default, p.output, p.models_answered) == (False, pytest.approx(2.0), 2)
+    assert p.confidence == pytest.approx(2 / 3)
+
+
+@pytest.mark.anyio
+async def test_min_confidence_gives_the_default_with_an_explanation() -> None:
+    """An answer less confident than min_confidence becomes the default, explained."""
+    models = {m: testing.constant(v) for m, v in (("a", "cat"), ("b", "dog"), ("c", "dog"))}
+    async with Clipper() as clipper:
+        clipper.register_application(
+            "pets", "doubles", "unsure", SLO, policy="exp4", min_confidence=0.9
+        )
+        await deploy(clipper, "pets", models)
+        p = await clipper.predict("pets", [1.0])
+    assert (p.default, p.output, p.models_answered) == (True, "unsure", 3)
+    assert p.confidence == pytest.approx(2 / 3)
+    assert p.default_explanation is not None
+    assert "'pets'" in p.default_explanation
+    assert "min_confidence" in p.default_explanation
+    assert "0.667" in p.default_explanation
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["select", "combine"])
+async def test_a_policy_that_raises_gives_predict_the_default_explained(method: str) -> None:
+    """A policy raising in select or combine gives the default, 'policy ... raised ...'."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=Failing(method))
+        await deploy(clipper, "app", {"a": testing.constant("cat")})
+        p = await clipper.predict("app", [1.0])
+    assert (p.default, p.output) == (True, "?")
+    assert p.default_explanation is not None
+    assert "'app'" in p.default_explanation
+    assert "policy Failing" in p.default_explanation
+    assert "raised RuntimeError: boom" in p.default_explanation
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["select", "observe"])
+async def test_a_policy_that_raises_makes_feedback_raise_a_chained_clipper_error(
+    method: str,
+) -> None:
+    """A policy raising in select or observe makes feedback raise ClipperError from the cause."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=Failing(method))
+        await deploy(clipper, "app", {"a": testing.constant("cat")})
+        with pytest.raises(ClipperError, match=r"policy Failing .*raised RuntimeError") as info:
+            await clipper.feedback("app", [1.0], "cat")
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@pytest.mark.anyio
+async def test_a_policy_selecting_an_unlinked_model_is_a_policy_error() -> None:
+    """Selecting a model that is not linked gives predict the default and feedback an error."""
+
+    class Stray(Failing):
+        def select(self, state: Any, x: Any) -> list[str]:
+            return ["ghost"]
+
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=Stray("none"))
+        await deploy(clipper, "app", {"a": testing.constant("cat")})
+        p = await clipper.predict("app", [1.0])
+        with pytest.raises(ClipperError, match="ghost"):
+            await clipper.feedback("app", [1.0], "cat")
+    assert p.default
+    assert p.default_explanation is not None
+    assert "policy Stray" in p.default_explanation
+    assert "ghost" in p.default_explanation
+
+
+@pytest.mark.anyio
+async def test_a_user_defined_policy_object_serves_an_app() -> None:
+    """A plain object with the four methods is a SelectionPolicy and drives predict/feedback."""
+    policy = FirstWins()
+    assert isinstance(policy, clipperlite.SelectionPolicy)
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "app", {"a": testing.constant("cat"), "b": testing.constant("dog")})
+        first = await clipper.predict("app", [1.0])
+        await clipper.feedback("app", [1.0], "dog")
+        second = await clipper.predict("app", [2.0])
+        state = clipper.get_policy_state("app")
+    assert (first.output, second.output) == ("cat", "dog")
+    assert state == {"a": 1, "b": 0}
+
+
+@pytest.mark.anyio
+async def test_a_model_linked_mid_stream_starts_at_the_average_weight() -> None:
+    """Linking a model calls init_state with the old state; the newcomer gets the mean weight."""
+    policy = RecordingExp4()
+    a, b = testing.constant("cat"), testing.constant("dog")
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "app", {"a": a, "b": b})
+        for i in range(5):
+            await clipper.feedback("app", [float(i)], "cat")
+        old = clipper.get_policy_state("app")
+        await deploy(clipper, "app", {"c": testing.constant("bird")})
+        p = await clipper.predict("app", [9.0])
+        new = weights(clipper.get_policy_state("app"))
+    models, previous = policy.calls[-1]
+    assert models == ["a", "b", "c"]
+    assert previous == old
+    w = weights(old)
+    assert new["a"] - new["b"] == pytest.approx(w["a"] - w["b"])
+    mean = math.log((math.exp(new["a"]) + math.exp(new["b"])) / 2)
+    assert new["c"] == pytest.approx(mean)
+    assert p.models_answered == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", ["exp3", "exp4"])
+async def test_policy_state_round_trips_through_json(policy: str) -> None:
+    """get_policy_state gives JSON-able values; setting them back changes nothing."""
+    async with Clipper(seed=3) as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "app", {"a": testing.constant("cat"), "b": testing.constant("dog")})
+        for i in range(20):
+            await clipper.feedback("app", [float(i)], "cat")
+        saved = clipper.get_policy_state("app")
+        clipper.set_policy_state("app", json.loads(json.dumps(saved)))
+        restored = clipper.get_policy_state("app")
+    assert restored == saved
+    assert weights(saved)["a"] > weights(saved)["b"]
+
+
+@pytest.mark.anyio
+async def test_a_restored_state_carries_learning_to_a_new_clipper() -> None:
+    """A state saved from one Clipper makes a fresh one answer as the trained one did."""
+    models = {m: testing.constant(v) for m, v in (("a", "cat"), ("b", "dog"), ("c", "dog"))}
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "app", models)
+        for i in range(30):
+            await clipper.feedback("app", [float(i)], "cat")
+        saved = json.dumps(clipper.get_policy_state("app"))
+    async with Clipper() as fresh:
+        fresh.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(fresh, "app", models)
+        assert (await fresh.predict("app", [1.0])).output == "dog"
+        fresh.set_policy_state("app", json.loads(saved))
+        assert (await fresh.predict("app", [1.0])).output == "cat"
+
+
+@pytest.mark.anyio
+async def test_a_state_naming_an_unknown_model_is_refused() -> None:
+    """set_policy_state refuses a state naming a model that is not linked, and keeps the old."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "app", {"a": testing.constant("cat"), "b": testing.constant("dog")})
+        before = clipper.get_policy_state("app")
+        with pytest.raises(ClipperError, match="ghost"):
+            clipper.set_policy_state("app", {"models": ["a", "ghost"], "log_weights": [0.0, -1.0]})
+        assert clipper.get_policy_state("app") == before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "state",
+    [
+        None,
+        [],
+        "weights",
+        {"models": ["a", "b"]},
+        {"models": ["a", "b"], "log_weights": [0.0, 0.0], "extra": 1},
+        {"models": ["a", "b"], "log_weights": [0.0]},
+        {"models": ["a", "b"], "log_weights": [0.0, "x"]},
+        {"models": ["a", "b"], "log_weights": [0.0, float("nan")]},
+        {"models": ["a", "b"], "log_weights": [0.0, float("inf")]},
+        {"models": ["a", "b"], "log_weights": [0.0, True]},
+        {"models": ["a", "a"], "log_weights": [0.0, 0.0]},
+        {"models": "ab", "log_weights": [0.0, 0.0]},
+        {"models": ["a", 2], "log_weights": [0.0, 0.0]},
+    ],
+)
+@pytest.mark.parametrize("policy", ["exp3", "exp4"])
+async def test_a_malformed_state_is_refused(policy: str, state: Any) -> None:
+    """set_policy_state raises ClipperError for a malformed state and keeps the old one."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "app", {"a": testing.constant("cat"), "b": testing.constant("dog")})
+        before = clipper.get_policy_state("app")
+        with pytest.raises(ClipperError, match="'app'"):
+            clipper.set_policy_state("app", state)
+        assert clipper.get_policy_state("app") == before
+
+
+@pytest.mark.anyio
+async def test_one_policy_object_keeps_separate_state_per_app() -> None:
+    """Two apps sharing one Exp4 object learn separately."""
+    policy = Exp4()
+    async with Clipper() as clipper:
+        for app in ("one", "two"):
+            clipper.register_application(app, "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "one", {"a": testing.constant("cat"), "b": testing.constant("dog")})
+        clipper.link_model_to_app("two", "a")
+        clipper.link_model_to_app("two", "b")
+        for i in range(10):
+            await clipper.feedback("one", [float(i)], "cat")
+            await clipper.feedback("two", [float(i)], "dog")
+        one = weights(clipper.get_policy_state("one"))
+        two = weights(clipper.get_policy_state("two"))
+    assert one["a"] > one["b"]
+    assert two["b"] > two["a"]
+    assert one["b"] - one["a"] == pytest.approx(two["a"] - two["b"])
+
+
+@pytest.mark.anyio
+async def test_concurrent_feedbacks_lose_no_update() -> None:
+    """50 concurrent feedbacks on an Exp4 app end in the state applying them one by one gives."""
+    mod2 = testing.counting(lambda xs: [int(x[0]) % 2 for x in xs])
+    funcs = {
+        "mod2": mod2,
+        "mod3": lambda xs: [int(x[0]) % 3 for x in xs],
+        "zero": lambda xs: [0 for _ in xs],
+    }
+    xs = list(range(50))
+    labels = [x % 2 for x in xs]
+    reference = Exp4()
+    expected = reference.init_state(list(funcs))
+    for x, y in zip(xs, labels, strict=True):
+        outputs = {"mod2": x % 2, "mod3": x % 3, "zero": 0}
+        expected = reference.observe(expected, x, y, outputs)
+    async with Clipper() as clipper:
+        clipper.register_application("app", "integers", -1, SLO, policy="exp4")
+        await deploy(clipper, "app", funcs, itype="integers")
+        await asyncio.gather(
+            *(clipper.feedback("app", [x], y) for x, y in zip(xs, labels, strict=True))
+        )
+        state = clipper.get_policy_state("app")
+    assert state["models"] == expected["models"]
+    assert state["log_weights"] == pytest.approx(expected["log_weights"], abs=1e-9)
+    assert weights(state)["mod2"] > weights(state)["zero"] > weights(state)["mod3"]
+    assert sum(mod2.batch_sizes) == 50
+    assert max(mod2.batch_sizes) > 1  # the feedbacks really were in flight together
