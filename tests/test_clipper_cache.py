@@ -1,0 +1,184 @@
+"""The prediction cache seen from the public API: hits, single flight, LRU, late results."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipperlite import Clipper
+from clipperlite import testing as fake
+
+pytestmark = pytest.mark.anyio
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll `predicate` on the loop until it is true (fail after `timeout` seconds)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+def version_stats(c: Clipper, model: str, version: int | str = 1) -> dict[str, Any]:
+    """A model version's entry in metrics()."""
+    stats: dict[str, Any] = c.metrics()["models"][model][str(version)]
+    return stats
+
+
+def first(x: Any) -> float:
+    """The first element of a validated numeric input, as a float."""
+    return float(np.asarray(x)[0])
+
+
+async def test_a_repeated_input_hits_the_cache(clipper: Clipper) -> None:
+    """The second identical query is answered from the cache: the model runs once."""
+    model = fake.counting(lambda xs: [first(x) * 2 for x in xs])
+    await clipper.create_endpoint("ep", "doubles", model)
+    a = await clipper.predict("ep", [1.5, 0.0])
+    b = await clipper.predict("ep", (1.5, 0.0))
+    c = await clipper.predict("ep", np.array([1.5, 0.0]))
+    assert a.output == b.output == c.output == 3.0
+    assert not (a.default or b.default or c.default)
+    assert len({a.query_id, b.query_id, c.query_id}) == 3
+    assert model.calls == 1
+    assert version_stats(clipper, "ep")["cache_hits"] == 2
+
+
+async def test_identical_concurrent_queries_run_the_model_once(clipper: Clipper) -> None:
+    """Identical queries in flight together share one model call; all get its answer."""
+    model = fake.counting(fake.slow(0.1, lambda xs: [first(x) + 1 for x in xs]))
+    await clipper.create_endpoint("ep", "doubles", model)
+    ps = await asyncio.gather(*(clipper.predict("ep", [1.0]) for _ in range(8)))
+    assert [p.output for p in ps] == [2.0] * 8
+    assert not any(p.default for p in ps)
+    assert len({p.query_id for p in ps}) == 8
+    assert len(model.inputs) == 1
+
+
+async def test_apps_sharing_a_model_share_its_cache(clipper: Clipper) -> None:
+    """Two apps linked to one model are answered from one cached prediction."""
+    model = fake.counting(fake.constant("label"))
+    await clipper.deploy_model("m", 1, "strings", model)
+    for app in ("a", "b"):
+        clipper.register_application(app, "strings", "", 1_000_000)
+        clipper.link_model_to_app(app, "m")
+    assert (await clipper.predict("a", "hello")).output == "label"
+    assert (await clipper.predict("b", "hello")).output == "label"
+    assert model.calls == 1
+
+
+async def test_cache_size_zero_turns_caching_off() -> None:
+    """With cache_size=0 every query runs the model."""
+    model = fake.counting(fake.constant(1.0))
+    async with Clipper(cache_size=0) as c:
+        await c.create_endpoint("ep", "doubles", model)
+        for _ in range(3):
+            assert (await c.predict("ep", [1.0])).output == 1.0
+    assert model.calls == 3
+
+
+async def test_the_cache_evicts_the_least_recently_used() -> None:
+    """cache_size bounds the cache; the least recently used answer is evicted first."""
+    model = fake.counting(lambda xs: [first(x) for x in xs])
+    async with Clipper(cache_size=2) as c:
+        await c.create_endpoint("ep", "doubles", model)
+        for x in (1.0, 2.0, 1.0, 3.0):  # 2.0 is now the least recently used
+            await c.predict("ep", [x])
+        assert model.calls == 3
+        await c.predict("ep", [1.0])
+        await c.predict("ep", [3.0])
+        assert model.calls == 3
+        await c.predict("ep", [2.0])
+        assert model.calls == 4
+
+
+async def test_a_late_result_is_cached(clipper: Clipper) -> None:
+    """A result arriving after its deadline is cached: the next identical query hits."""
+    release = threading.Event()
+    finished = threading.Event()
+
+    def model(xs: list[Any]) -> list[Any]:
+        release.wait()
+        finished.set()
+        return [first(x) * 10 for x in xs]
+
+    counted = fake.counting(model)
+    await clipper.create_endpoint("ep", "doubles", counted, default_output=-1.0, slo_micros=50_000)
+    try:
+        late = await clipper.predict("ep", [4.0])
+        assert late.default
+        assert counted.calls == 1
+        release.set()
+        await wait_until(finished.is_set)
+        await asyncio.sleep(0.1)  # let the worker hand the result to the loop
+        p = await clipper.predict("ep", [4.0], slo_micros=5_000_000)
+        assert (p.output, p.default) == (40.0, False)
+        assert counted.calls == 1
+    finally:
+        release.set()
+
+
+async def test_a_result_later_than_a_second_is_cached(clipper: Clipper) -> None:
+    """A 1.3 s result, far past a 100 ms SLO, is cached: the next identical query hits."""
+    finished = threading.Event()
+
+    def model(xs: list[Any]) -> list[Any]:
+        time.sleep(1.3)
+        finished.set()
+        return [first(x) * 10 for x in xs]
+
+    counted = fake.counting(model)
+    await clipper.create_endpoint("ep", "doubles", counted, default_output=-1.0, slo_micros=100_000)
+    assert (await clipper.predict("ep", [4.0])).default
+    await wait_until(finished.is_set)
+    await asyncio.sleep(0.1)  # let the worker hand the result to the loop
+    p = await clipper.predict("ep", [4.0], slo_micros=5_000_000)
+    assert (p.output, p.default) == (40.0, False)
+    assert counted.calls == 1
+
+
+async def test_failures_are_not_cached(clipper: Clipper) -> None:
+    """A query that got a default is retried by the model next time, not answered from cache."""
+    model = fake.counting(fake.flaky(fail_every=2, func=fake.constant(1.0)))
+    await clipper.create_endpoint("ep", "doubles", model, default_output=-1.0)
+    assert not (await clipper.predict("ep", [1.0])).default  # call 1 succeeds
+    assert not (await clipper.predict("ep", [1.0])).default  # cached
+    assert (await clipper.predict("ep", [2.0])).default  # call 2 raises
+    assert not (await clipper.predict("ep", [2.0])).default  # call 3: run again
+    assert model.calls == 3
+
+
+async def test_any_inputs_are_keyed_by_type(clipper: Clipper) -> None:
+    """For "any" inputs, 1, 1.0 and True are different cache keys; unkeyable ones still run."""
+    model = fake.counting(lambda xs: [type(x).__name__ for x in xs])
+    await clipper.create_endpoint("ep", "any", model)
+    assert (await clipper.predict("ep", 1)).output == "int"
+    assert (await clipper.predict("ep", 1.0)).output == "float"
+    assert (await clipper.predict("ep", True)).output == "bool"
+    assert (await clipper.predict("ep", (1, "a"))).output == "tuple"
+    assert (await clipper.predict("ep", [1, "a"])).output == "list"
+    assert model.calls == 5
+    assert (await clipper.predict("ep", (1, "a"))).output == "tuple"
+    assert model.calls == 5
+    for _ in range(2):
+        assert (await clipper.predict("ep", {"k": 1})).output == "dict"
+    assert model.calls == 7
+
+
+async def test_each_version_has_its_own_cache(clipper: Clipper) -> None:
+    """A new version is not answered from the previous version's cached predictions."""
+    clipper.register_application("app", "doubles", None, 1_000_000)
+    await clipper.deploy_model("m", 1, "doubles", fake.constant("old"))
+    clipper.link_model_to_app("app", "m")
+    assert (await clipper.predict("app", [1.0])).output == "old"
+    await clipper.deploy_model("m", 2, "doubles", fake.constant("new"))
+    assert (await clipper.predict("app", [1.0])).output == "new"
+    await clipper.stop_model("m", 2)
+    await clipper.deploy_model("m", 2, "doubles", fake.constant("newer"))
+    assert (await clipper.predict("app", [1.0])).output == "newer"
