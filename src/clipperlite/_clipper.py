@@ -158,7 +158,7 @@ class Clipper:
         self._clock = monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: DeadlineTimer | None = None
-        self._stopping: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self._abandoned = 0
 
     def __repr__(self) -> str:
@@ -178,26 +178,30 @@ class Clipper:
         return self
 
     async def stop(self) -> None:
-        """Stop admitting queries, answer every waiting one, stop every replica (idempotent)."""
+        """Stop admitting queries, answer every waiting one, stop every replica (idempotent).
+
+        The shutdown runs as a task of its own: a caller cancelled while waiting (a
+        timeout around `stop()`) does not cut it short, and every later `stop()` waits
+        for it to finish.
+        """
         if self._state is _State.NOT_STARTED:
             self._state = _State.CLOSED
             return
-        if self._stopping is not None:
-            await asyncio.shield(self._stopping)
-            return
-        self._state = _State.CLOSED
-        loop = asyncio.get_running_loop()
-        self._stopping = loop.create_future()
-        try:
-            failure = Failure(Cause.SHUTDOWN, "the Clipper is shutting down")
-            versions = [v for m in self._models.values() for v in m.versions.values()]
-            await asyncio.shield(asyncio.gather(*(v.stop(self._grace, failure) for v in versions)))
-            self._abandoned += sum(v.abandoned for v in versions)
-            if self._timer is not None:
-                self._timer.expire_all()
-                self._timer.close()
-        finally:
-            _set_none(self._stopping)
+        if self._stopping is None:
+            self._state = _State.CLOSED
+            self._stopping = asyncio.get_running_loop().create_task(
+                self._shutdown(), name="clipperlite:shutdown"
+            )
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
+        failure = Failure(Cause.SHUTDOWN, "the Clipper is shutting down")
+        versions = [v for m in self._models.values() for v in m.versions.values()]
+        await asyncio.gather(*(v.stop(self._grace, failure) for v in versions))
+        self._abandoned += sum(v.abandoned for v in versions)
+        if self._timer is not None:
+            self._timer.expire_all()
+            self._timer.close()
 
     aclose = stop
 
