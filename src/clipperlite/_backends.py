@@ -229,7 +229,9 @@ class _ChildProcess:
             os.close(from_child_w)
         self._conn_out = Connection(to_child_w, readable=False)
         self._conn_in = Connection(from_child_r, writable=False)
-        self._conn_out.send_bytes(self._payload)
+        # The parent's import path, so a model defined in any module the parent can import
+        # (a test file, a notebook's helper module) loads in the worker too.
+        self._conn_out.send_bytes(pickle.dumps((list(sys.path), self._payload)))
         ok, value = self._receive()
         if not ok:
             self.close()
@@ -312,7 +314,9 @@ def child_main() -> None:
     conn_in = Connection(int(sys.argv[1]), writable=False)
     conn_out = Connection(int(sys.argv[2]), readable=False)
     try:
-        func = pickle.loads(conn_in.recv_bytes())
+        paths, payload = pickle.loads(conn_in.recv_bytes())
+        sys.path[:0] = [p for p in paths if p not in sys.path]
+        func = pickle.loads(payload)
     except Exception as exc:  # the model cannot be loaded here
         conn_out.send_bytes(pickle.dumps((False, _portable_error(exc))))
         return

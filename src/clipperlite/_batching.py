@@ -154,10 +154,8 @@ class EDFQueue:
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the oldest query still queued."""
-        fifo = self._fifo
-        while fifo and fifo[0].state != QUEUED:
-            fifo.popleft()
-        return fifo[0].arrival if fifo else None
+        self._trim()
+        return self._fifo[0].arrival if self._fifo else None
 
     def pop_batch(self, n: int, now: float) -> tuple[list[Query], list[tuple[Query, Cause]]]:
         """Take up to `n` live queries in EDF order; also return those dropped on the way.
@@ -180,7 +178,13 @@ class EDFQueue:
                 dropped.append((q, Cause.CANCELLED))
             else:
                 batch.append(q)
+        self._trim()
         return batch, dropped
+
+    def _trim(self) -> None:
+        fifo = self._fifo
+        while fifo and fifo[0].state != QUEUED:
+            fifo.popleft()
 
     def drain(self) -> list[Query]:
         """Take every queued query, in EDF order."""
@@ -213,6 +217,7 @@ class EDFQueue:
             heapq.heappop(heap)
             q.state = TAKEN
             self._live -= 1
+        self._trim()
         return dropped
 
 

@@ -198,7 +198,6 @@ class Clipper:
         failure = Failure(Cause.SHUTDOWN, "the Clipper is shutting down")
         versions = [v for m in self._models.values() for v in m.versions.values()]
         await asyncio.gather(*(v.stop(self._grace, failure) for v in versions))
-        self._abandoned += sum(v.abandoned for v in versions)
         if self._timer is not None:
             self._timer.expire_all()
             self._timer.close()
@@ -911,6 +910,7 @@ class Clipper:
                 "maxsize": self._cache.maxsize,
                 "inflight": self._cache.inflight,
             },
-            "abandoned_threads": self._abandoned,
+            "abandoned_threads": self._abandoned
+            + sum(mv.abandoned for m in self._models.values() for mv in m.versions.values()),
             "state": self._state.value,
         }

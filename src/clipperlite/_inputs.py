@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -29,6 +30,7 @@ _NUMERIC: dict[str, tuple[np.dtype[Any], str]] = {
 _INT32 = np.iinfo(np.int32)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
+_BOOLS = frozenset((bool, np.bool_))
 
 #: validate(x, app) -> the value models see; raises InvalidInputError.
 Validator = Callable[[Any, str], Any]
@@ -48,8 +50,16 @@ def normalize_input_type(name: object) -> str:
     )
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 50
+_REPR.maxlevel = 3
+
+
 def _describe(value: object) -> str:
-    text = repr(value)
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a hostile __repr__ must not replace the real error
+        text = f"<{type(value).__name__} object>"
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
@@ -74,7 +84,7 @@ def _bad_element(items: Any, input_type: str) -> str | None:
             return f"element {i} is {_describe(v)}: {kind}"
         num: Any = v
         if input_type == "integers" and not (_INT32.min <= num <= _INT32.max):
-            return f"element {i} is {v!r}: out of the int32 range"
+            return f"element {i} is {_describe(v)}: out of the int32 range"
         if input_type != "integers":
             try:
                 value = float(num)
@@ -103,7 +113,7 @@ def _numeric_validator(input_type: str) -> Validator:
             from_list = True
             try:
                 arr = np.asarray(x)
-            except (ValueError, TypeError, OverflowError):
+            except (ValueError, TypeError, OverflowError, RecursionError):
                 raise _invalid(app, input_type, _why(x, input_type)) from None
         else:
             raise _invalid(
@@ -126,7 +136,7 @@ def _numeric_validator(input_type: str) -> Validator:
         if kind not in kinds:
             items = arr.tolist() if not from_list else x
             raise _invalid(app, input_type, _why(items, input_type))
-        if from_list and bool in set(map(type, x)):
+        if from_list and not _BOOLS.isdisjoint(map(type, x)):
             raise _invalid(app, input_type, _why(x, input_type))
         if input_type == "integers":
             if arr.dtype != dtype and (arr.min() < _INT32.min or arr.max() > _INT32.max):
@@ -146,7 +156,10 @@ def _numeric_validator(input_type: str) -> Validator:
 
 def _validate_bytes(x: Any, app: str) -> bytes:
     if isinstance(x, bytes | bytearray | memoryview):
-        value = bytes(x)
+        try:
+            value = bytes(x)
+        except ValueError as exc:  # a released memoryview
+            raise _invalid(app, "bytes", f"cannot read the bytes given: {exc}") from None
     elif isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == np.uint8:
         value = x.tobytes()
     else:
@@ -189,8 +202,14 @@ def _identity_key(x: Any) -> Hashable:
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
-def _freeze(x: Any) -> Hashable | None:
-    """A type-tagged key for an "any" input, or None when it cannot be keyed safely."""
+_MAX_KEY_DEPTH = 32
+
+
+def _freeze(x: Any, depth: int = 0) -> Hashable | None:
+    """A type-tagged key for an "any" input, or None when it cannot be keyed safely
+    (unknown types, or nesting deeper than a key is worth, cycles included)."""
+    if depth > _MAX_KEY_DEPTH:
+        return None
     t = type(x)
     if t is float:
         return ("float", x.hex())  # tells 0.0 from -0.0, which compare equal
@@ -199,7 +218,7 @@ def _freeze(x: Any) -> Hashable | None:
     if t is tuple or t is list:
         parts = []
         for item in x:
-            part = _freeze(item)
+            part = _freeze(item, depth + 1)
             if part is None:
                 return None
             parts.append(part)

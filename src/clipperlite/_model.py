@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._aimd import AIMD, FixedBatchSize
-from ._backends import AsyncReplica, Replica, make_replica
+from ._backends import Replica, make_replica
 from ._batching import Batcher, Query, ReplicaSlot
 from ._clock import Clock
 from ._types import Cause, Failure
@@ -79,6 +79,7 @@ class ModelVersion:
         self.clock = clock
         self.slo = UNLINKED_SLO
         self._watchdog: asyncio.Task[None] | None = None
+        self._retiring: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]] = []
 
     def __repr__(self) -> str:
         return f"<ModelVersion {self.name}:{self.version} replicas={self.num_replicas}>"
@@ -103,12 +104,20 @@ class ModelVersion:
         self._serial += 1
         name = f"clipperlite:{self.name}:{self.version}:{self._serial}"
         replica = make_replica(self.backend, self.func, name)
-        await replica.start()
+        try:
+            await replica.start()
+        except BaseException:  # failed or cancelled: its thread or process must not linger
+            await asyncio.shield(self._discard(replica))
+            raise
         slot = ReplicaSlot(replica.run_batch, name)
         self.batcher.replicas.append(slot)
         task = asyncio.get_running_loop().create_task(self.batcher.serve(slot), name=name)
         task.add_done_callback(self._on_replica_exit)
         self._replicas.append((replica, slot, task))
+
+    async def _discard(self, replica: Replica, grace: float = 1.0) -> None:
+        if not await replica.stop(grace):
+            self.abandoned += 1
 
     def _on_replica_exit(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -143,12 +152,18 @@ class ModelVersion:
         for q in slot.batch or ():
             q.resolve(hung)
         self.replaced += 1
-        await self._add_replica()  # before the old one leaves, so the model never has none
-        self.batcher.replicas.remove(slot)
-        if not await replica.stop(0.0):
-            self.abandoned += 1
-        if not task.done() and isinstance(replica, AsyncReplica):
+        self._retiring.append(entry)  # stop() finishes the job if this is cancelled
+        try:
+            await self._add_replica()  # before the old one leaves, so the model never has none
+        finally:
+            if slot in self.batcher.replicas:
+                self.batcher.replicas.remove(slot)
             task.cancel()
+        clean = await replica.stop(0.0)
+        if entry in self._retiring:
+            self._retiring.remove(entry)
+            if not clean:
+                self.abandoned += 1
 
     async def set_num_replicas(self, n: int, grace: float) -> None:
         """Start or stop replicas until `n` run; with 0, queued queries get the default at once."""
@@ -191,10 +206,12 @@ class ModelVersion:
         self.stopped = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+            await asyncio.wait([self._watchdog])
         batcher = self.batcher
         batcher.close()
         batcher.fail_queued(failure)
-        doomed, self._replicas = self._replicas, []
+        doomed, self._replicas = self._replicas + self._retiring, []
+        self._retiring = []
         for _, slot, _ in doomed:
             slot.stopping = True
         loop = asyncio.get_running_loop()

@@ -13,11 +13,13 @@ import heapq
 import itertools
 from typing import Any
 
+_COMPACT_MIN = 1024
+
 
 class DeadlineTimer:
     """Sets `value` on each registered future that is still pending at its deadline."""
 
-    __slots__ = ("_armed_at", "_handle", "_heap", "_loop", "_seq")
+    __slots__ = ("_armed_at", "_compact_at", "_handle", "_heap", "_loop", "_seq")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -25,15 +27,27 @@ class DeadlineTimer:
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
+        self._compact_at = _COMPACT_MIN
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def add(self, deadline: float, fut: asyncio.Future[Any], value: Any) -> None:
         """At `deadline` (loop time), give `fut` the result `value` unless it is done."""
-        heapq.heappush(self._heap, (deadline, next(self._seq), fut, value))
+        heap = self._heap
+        heapq.heappush(heap, (deadline, next(self._seq), fut, value))
         if deadline < self._armed_at:
             self._arm(deadline)
+        if len(heap) >= self._compact_at:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop entries whose futures are done, so answered queries (and their outputs)
+        are not held until their deadlines: amortised O(1) per entry."""
+        heap = [entry for entry in self._heap if not entry[2].done()]
+        heapq.heapify(heap)
+        self._heap = heap
+        self._compact_at = max(_COMPACT_MIN, 2 * len(heap))
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:

@@ -1,0 +1,359 @@
+"""Cancellation: callers that give up never wedge a batcher or leak a future.
+
+Ray Serve users reported replicas wedged and memory held by requests whose callers
+had gone (ray-project/ray#50046, #41057); these tests cancel at every stage of a
+query's life and then check that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from clipperlite import Clipper, Prediction
+
+SLO = 200_000  # µs
+
+
+def fast_model(seconds: float = 0.001) -> Callable[[list[Any]], list[float]]:
+    """A model taking `seconds` per batch, answering each input's first element."""
+
+    def model(xs: list[Any]) -> list[float]:
+        time.sleep(seconds)
+        return [float(x[0]) for x in xs]
+
+    return model
+
+
+async def async_model(xs: list[Any]) -> list[float]:
+    """The same on the event loop."""
+    await asyncio.sleep(0.001)
+    return [float(x[0]) for x in xs]
+
+
+def proc_model() -> Callable[[list[Any]], list[float]]:
+    """The same for a worker process (nested, so cloudpickle ships it by value: the
+    worker cannot import this test module)."""
+
+    def model(xs: list[Any]) -> list[float]:
+        import time
+
+        time.sleep(0.001)
+        return [float(x[0]) for x in xs]
+
+    return model
+
+
+class Gate:
+    """A model that blocks each batch until opened; records the inputs it saw."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.started = threading.Event()
+        self.seen: list[float] = []
+
+    def __call__(self, xs: list[Any]) -> list[float]:
+        self.seen.extend(float(x[0]) for x in xs)
+        self.started.set()
+        self.open.wait(10)
+        return [float(x[0]) for x in xs]
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `check` until true or `timeout` seconds pass."""
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return True
+        await asyncio.sleep(0.01)
+    return check()
+
+
+def worker_processes() -> list[int]:
+    """Live (not zombie) clipperlite worker processes that are children of this process."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z" and b"clipperlite._backends" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def release_leaked(prefix: str, before: set[int]) -> None:
+    """Clean up after a known leak, touching only what this test started: kill its
+    worker processes and tell its orphaned replica threads to exit."""
+    import gc
+
+    from clipperlite._backends import ThreadReplica
+
+    for pid in set(worker_processes()) - before:
+        os.kill(pid, signal.SIGKILL)
+    for obj in gc.get_objects():
+        if isinstance(obj, ThreadReplica) and obj.name.startswith(prefix) and obj.alive:
+            obj._inbox.put(None)
+    for t in threading.enumerate():
+        if t.name.startswith(prefix):
+            t.join(timeout=3)
+
+
+def clipperlite_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("clipperlite")]
+
+
+def model_stats(clipper: Clipper, model: str) -> dict[str, Any]:
+    return clipper.metrics()["models"][model]["1"]  # type: ignore[no-any-return]
+
+
+def drained(clipper: Clipper) -> bool:
+    """Every queue empty and nothing in flight in the cache."""
+    m = clipper.metrics()
+    queues = [v["queue_length"] for mod in m["models"].values() for v in mod.values()]
+    return m["cache"]["inflight"] == 0 and not any(queues)
+
+
+def batchers(clipper: Clipper) -> list[Any]:
+    return [mv.batcher for model in clipper._models.values() for mv in model.versions.values()]
+
+
+async def storm(
+    clipper: Clipper, apps: list[str], n: int, seed: int, keys: int = 40
+) -> tuple[list[Prediction], int]:
+    """`n` callers query random keys (so many coalesce) and most cancel at a random
+    moment: before the query starts, once queued, while batched, or near the deadline."""
+    rng = random.Random(seed)
+    returned: list[Prediction] = []
+    cancelled = 0
+
+    async def caller() -> None:
+        nonlocal cancelled
+        app = rng.choice(apps)
+        task = asyncio.create_task(clipper.predict(app, [float(rng.randrange(keys))]))
+        when = rng.randrange(6)
+        if when == 0:
+            pass  # cancelled before it runs
+        elif when == 1:
+            await asyncio.sleep(0)  # queued (or waiting on an identical query)
+        elif when == 2:
+            await asyncio.sleep(rng.uniform(0, 0.005))  # likely inside a batch
+        elif when == 3:
+            await asyncio.sleep(rng.uniform(0, SLO / 1e6 * 1.2))  # near the deadline
+        if when < 4:
+            task.cancel()
+        try:
+            returned.append(await task)
+        except asyncio.CancelledError:
+            cancelled += 1
+
+    callers = []
+    for _ in range(n):
+        callers.append(asyncio.create_task(caller()))
+        if rng.random() < 0.05:
+            await asyncio.sleep(rng.uniform(0, 0.002))  # arrivals come in waves
+    await asyncio.gather(*callers)
+    return returned, cancelled
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("backend", "n", "batch_wait"),
+    [("thread", 4000, 0), ("thread", 3000, 5_000), ("async", 3000, 0), ("process", 800, 0)],
+)
+async def test_storm_leaves_nothing_behind(backend: str, n: int, batch_wait: int) -> None:
+    """After a cancellation storm the model serves, queues, in-flight and timer are empty."""
+    func: Any = {"thread": fast_model(), "async": async_model, "process": proc_model()}[backend]
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "c",
+            "doubles",
+            func,
+            default_output=-1.0,
+            slo_micros=SLO,
+            backend=backend,
+            num_replicas=2,
+            batch_wait_micros=batch_wait,
+        )
+        returned, cancelled = await storm(clipper, ["c"], n, seed=n + batch_wait)
+        assert cancelled >= n // 10  # the storm really cancelled
+        assert await eventually(lambda: drained(clipper))
+        # Every deadline has passed: the timer must have let go of every future.
+        assert await eventually(lambda: len(clipper._timer) == 0, timeout=SLO / 1e6 + 2)
+        for b in batchers(clipper):
+            assert not b._running
+            assert not b._filling
+            assert len(b._idle) <= len(b.replicas)
+        # Still serving: fresh keys are answered by the model.
+        fresh = [await clipper.predict("c", [1000.0 + i]) for i in range(5)]
+        assert [(p.default, p.output) for p in fresh] == [(False, 1000.0 + i) for i in range(5)]
+        m = clipper.metrics()
+    app = m["apps"]["c"]
+    assert app["queries"] == len(returned) + 5
+    assert app["queries"] == app["answered"] + sum(app["defaults"].values())
+    assert all(p.output == -1.0 or not p.default for p in returned)
+    assert all(p.default or p.output == int(p.output) for p in returned)
+    assert m["models"]["c"]["1"]["num_replicas"] == 2
+    assert m["models"]["c"]["1"]["queue_length"] == 0
+    assert m["cache"]["inflight"] == 0
+
+
+@pytest.mark.anyio
+async def test_storm_on_an_ensemble_leaves_nothing_behind() -> None:
+    """Cancelling callers that wait on several models at once (Exp4) leaks nothing."""
+    async with Clipper() as clipper:
+        clipper.register_application("e", "doubles", -1.0, SLO, policy="exp4")
+        await clipper.deploy_model("a", 1, "doubles", fast_model(0.002), num_replicas=2)
+        await clipper.deploy_model("b", 1, "doubles", async_model)
+        clipper.link_model_to_app("e", "a")
+        clipper.link_model_to_app("e", "b")
+        returned, cancelled = await storm(clipper, ["e"], 3000, seed=5)
+        assert cancelled >= 300
+        assert await eventually(lambda: drained(clipper))
+        assert await eventually(lambda: len(clipper._timer) == 0, timeout=SLO / 1e6 + 2)
+        p = await clipper.predict("e", [12345.0])
+        m = clipper.metrics()
+    assert (p.default, p.output) == (False, 12345.0)
+    app = m["apps"]["e"]
+    assert app["queries"] == len(returned) + 1 == app["answered"] + sum(app["defaults"].values())
+
+
+@pytest.mark.anyio
+async def test_cancelled_queued_queries_never_reach_the_model() -> None:
+    """Queries cancelled while queued never reach the model and leave nothing in flight."""
+    gate = Gate()
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "g", "doubles", gate, default_output=-1.0, slo_micros=5_000_000, batch_size=4
+        )
+        first = asyncio.create_task(clipper.predict("g", [0.0]))
+        assert await asyncio.to_thread(gate.started.wait, 5)
+        doomed = [asyncio.create_task(clipper.predict("g", [float(i)])) for i in range(1, 6)]
+        await asyncio.sleep(0.01)
+        assert model_stats(clipper, "g")["queue_length"] == 5
+        assert clipper.metrics()["cache"]["inflight"] == 6
+        for t in doomed:
+            t.cancel()
+        await asyncio.gather(*doomed, return_exceptions=True)
+        gate.open.set()
+        assert (await first).output == 0.0
+        after = await clipper.predict("g", [9.0])
+        assert await eventually(lambda: drained(clipper))
+        stats = model_stats(clipper, "g")
+    assert gate.seen == [0.0, 9.0]
+    assert (after.default, after.output) == (False, 9.0)
+    assert stats["cancelled_in_queue"] == 5
+    assert stats["queue_length"] == 0
+
+
+@pytest.mark.anyio
+async def test_one_caller_cancelling_leaves_an_identical_query_intact() -> None:
+    """One caller cancelling a coalesced query does not cancel it for the other caller."""
+    gate = Gate()
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "g", "doubles", gate, default_output=-1.0, slo_micros=5_000_000
+        )
+        blocker = asyncio.create_task(clipper.predict("g", [-1.0]))
+        assert await asyncio.to_thread(gate.started.wait, 5)
+        a = asyncio.create_task(clipper.predict("g", [7.0]))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(clipper.predict("g", [7.0]))
+        await asyncio.sleep(0.01)
+        assert clipper.metrics()["cache"]["inflight"] == 2  # [-1] and one shared [7]
+        a.cancel()
+        gate.open.set()
+        pb = await b
+        await blocker
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        assert await eventually(lambda: drained(clipper))
+    assert (pb.default, pb.output) == (False, 7.0)
+    assert gate.seen.count(7.0) == 1
+
+
+@pytest.mark.anyio
+async def test_cancel_inside_a_running_batch_leaves_the_batch_intact() -> None:
+    """Cancelling inside a running batch leaves the batch intact and its output cached."""
+    gate = Gate()
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "g",
+            "doubles",
+            gate,
+            default_output=-1.0,
+            slo_micros=5_000_000,
+            batch_size=4,
+            batch_wait_micros=100_000,
+        )
+        tasks = [asyncio.create_task(clipper.predict("g", [float(i)])) for i in range(4)]
+        assert await asyncio.to_thread(gate.started.wait, 5)
+        tasks[1].cancel()
+        gate.open.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        again = await clipper.predict("g", [1.0])
+        stats = model_stats(clipper, "g")
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [r.output for r in results if isinstance(r, Prediction)] == [0.0, 2.0, 3.0]
+    assert (again.default, again.output) == (False, 1.0)
+    assert stats["cache_hits"] >= 1
+    assert gate.seen == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.anyio
+async def test_cancelled_predict_batch_drops_its_queries() -> None:
+    """Cancelling a predict_batch drops every query it queued; the model serves on."""
+    gate = Gate()
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "g", "doubles", gate, default_output=-1.0, slo_micros=5_000_000, batch_size=2
+        )
+        blocker = asyncio.create_task(clipper.predict("g", [-1.0]))
+        assert await asyncio.to_thread(gate.started.wait, 5)
+        many = asyncio.create_task(clipper.predict_batch("g", [[float(i)] for i in range(50)]))
+        await asyncio.sleep(0.01)
+        assert model_stats(clipper, "g")["queue_length"] == 50
+        many.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await many
+        gate.open.set()
+        await blocker
+        p = await clipper.predict("g", [99.0])
+        assert await eventually(lambda: drained(clipper))
+    assert (p.default, p.output) == (False, 99.0)
+    assert gate.seen == [-1.0, 99.0]
+
+
+@pytest.mark.anyio
+async def test_cancelled_deploy_leaves_no_worker_behind() -> None:
+    """Cancelling deploy_model while workers start leaves no model, thread or process behind."""
+    before = set(worker_processes())
+    try:
+        async with Clipper() as clipper:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    clipper.deploy_model(
+                        "p", 1, "doubles", proc_model(), backend="process", num_replicas=2
+                    ),
+                    0.05,
+                )
+            assert clipper.get_all_models() == []
+
+            def clean() -> bool:
+                return not clipperlite_threads() and not set(worker_processes()) - before
+
+            assert await eventually(clean, timeout=3.0), (clipperlite_threads(), worker_processes())
+    finally:
+        release_leaked("clipperlite:p:1:", before)
