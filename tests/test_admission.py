@@ -4,48 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from clipperlite import Clipper, ClipperError, Prediction
-
-
-class Gate:
-    """A model that blocks every batch until the test opens the gate; records batches."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.started = threading.Event()
-        self.batches: list[int] = []
-
-    def __call__(self, xs: list[Any]) -> list[Any]:
-        self.batches.append(len(xs))
-        self.started.set()
-        self.open.wait(10)
-        return [float(x[0]) for x in xs]
-
-
-def sleeper(seconds: float) -> Callable[[list[Any]], list[Any]]:
-    """A model taking `seconds` per batch."""
-
-    def model(xs: list[Any]) -> list[Any]:
-        time.sleep(seconds)
-        return [float(x[0]) for x in xs]
-
-    return model
-
-
-async def wait_for(event: threading.Event, timeout: float = 5.0) -> None:
-    """Wait for a threading.Event without blocking the loop."""
-    assert await asyncio.to_thread(event.wait, timeout)
-
-
-def stats(clipper: Clipper, model: str) -> dict[str, Any]:
-    return clipper.metrics()["models"][model]["1"]  # type: ignore[no-any-return]
+from helpers import Gate, gated_query, sync_model, version_stats
 
 
 # -- the queue bound ---------------------------------------------------------------------------
@@ -54,20 +18,12 @@ async def test_full_queue_answers_default_at_once() -> None:
     """Beyond max_queue queued queries, a query gets the "queue is full" default at once."""
     gate = Gate()
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "q",
-            "doubles",
-            gate,
-            default_output=-1.0,
-            slo_micros=5_000_000,
-            batch_size=1,
-            max_queue=5,
-        )
-        first = asyncio.create_task(clipper.predict("q", [0.0]))
-        await wait_for(gate.started)  # the replica holds query 0; the queue is empty
+        first = await gated_query(clipper, "q", gate, 0.0, batch_size=1, max_queue=5)
+        # The replica holds query 0; the queue is empty.
+        assert await asyncio.to_thread(gate.started.wait, 5)
         queued = [asyncio.create_task(clipper.predict("q", [float(i)])) for i in range(1, 6)]
         await asyncio.sleep(0.01)
-        assert stats(clipper, "q")["queue_length"] == 5
+        assert version_stats(clipper, "q")["queue_length"] == 5
         t0 = time.perf_counter()
         refused = await clipper.predict("q", [6.0])
         assert time.perf_counter() - t0 < 0.5  # at once, not at the 5 s deadline
@@ -95,17 +51,8 @@ async def test_expired_queries_do_not_count_against_the_bound() -> None:
     """Queries whose deadline passed are shed to make room: the bound counts live ones."""
     gate = Gate()
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "q",
-            "doubles",
-            gate,
-            default_output=-1.0,
-            slo_micros=5_000_000,
-            batch_size=1,
-            max_queue=3,
-        )
-        first = asyncio.create_task(clipper.predict("q", [0.0]))
-        await wait_for(gate.started)
+        first = await gated_query(clipper, "q", gate, 0.0, batch_size=1, max_queue=3)
+        assert await asyncio.to_thread(gate.started.wait, 5)
         short = [
             asyncio.create_task(clipper.predict("q", [float(i)], slo_micros=50_000))
             for i in range(1, 4)
@@ -127,10 +74,10 @@ async def test_max_queue_is_validated_and_reported() -> None:
     async with Clipper() as clipper:
         for bad in (0, -1, 2.5, True, "10"):
             with pytest.raises(ClipperError, match="max_queue"):
-                await clipper.deploy_model("m", 1, "doubles", sleeper(0), max_queue=bad)
-        await clipper.deploy_model("m", 1, "doubles", sleeper(0))
+                await clipper.deploy_model("m", 1, "doubles", sync_model(0), max_queue=bad)
+        await clipper.deploy_model("m", 1, "doubles", sync_model(0))
         assert clipper.get_model_info("m")["max_queue"] >= 1000
-        await clipper.deploy_model("m", 2, "doubles", sleeper(0), max_queue=7)
+        await clipper.deploy_model("m", 2, "doubles", sync_model(0), max_queue=7)
         assert clipper.get_model_info("m")["max_queue"] == 7
 
 
@@ -147,7 +94,7 @@ async def test_query_that_would_miss_is_answered_at_once() -> None:
     """A query the batches queued ahead would make late gets the would-miss default at once."""
     async with Clipper(cache_size=0) as clipper:
         await clipper.create_endpoint(
-            "w", "doubles", sleeper(0.05), default_output=-1.0, slo_micros=400_000, batch_size=1
+            "w", "doubles", sync_model(0.05), default_output=-1.0, slo_micros=400_000, batch_size=1
         )
         await _warm(clipper, "w")
         ps: list[Prediction] = await asyncio.gather(
@@ -180,7 +127,7 @@ async def test_no_refusal_at_light_load() -> None:
     """Queries to a model answering well within the SLO are never refused at light load."""
     async with Clipper(cache_size=0) as clipper:
         await clipper.create_endpoint(
-            "w", "doubles", sleeper(0.01), default_output=-1.0, slo_micros=200_000
+            "w", "doubles", sync_model(0.01), default_output=-1.0, slo_micros=200_000
         )
         await _warm(clipper, "w")
 
@@ -197,7 +144,7 @@ async def _mixed_slo_clipper(clipper: Clipper) -> None:
     """A 50 ms-per-query model serving an app with a 20 s SLO and one with a 600 ms SLO."""
     clipper.register_application("long", "doubles", -1.0, 20_000_000)
     clipper.register_application("short", "doubles", -1.0, 600_000)
-    await clipper.deploy_model("m", 1, "doubles", sleeper(0.05), batch_size=1)
+    await clipper.deploy_model("m", 1, "doubles", sync_model(0.05), batch_size=1)
     clipper.link_model_to_app("long", "m")
     clipper.link_model_to_app("short", "m")
     await _warm(clipper, "long")

@@ -8,115 +8,24 @@ query's life and then check that nothing is left behind.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from clipperlite import Clipper, Prediction
+from helpers import (
+    Gate,
+    async_model,
+    clipperlite_threads,
+    eventually,
+    gated_query,
+    sync_model,
+    version_stats,
+    worker_processes,
+)
 
 SLO = 200_000  # µs
-
-
-def fast_model(seconds: float = 0.001) -> Callable[[list[Any]], list[float]]:
-    """A model taking `seconds` per batch, answering each input's first element."""
-
-    def model(xs: list[Any]) -> list[float]:
-        time.sleep(seconds)
-        return [float(x[0]) for x in xs]
-
-    return model
-
-
-async def async_model(xs: list[Any]) -> list[float]:
-    """The same on the event loop."""
-    await asyncio.sleep(0.001)
-    return [float(x[0]) for x in xs]
-
-
-def proc_model() -> Callable[[list[Any]], list[float]]:
-    """The same for a worker process (nested, so cloudpickle ships it by value: the
-    worker cannot import this test module)."""
-
-    def model(xs: list[Any]) -> list[float]:
-        import time
-
-        time.sleep(0.001)
-        return [float(x[0]) for x in xs]
-
-    return model
-
-
-class Gate:
-    """A model that blocks each batch until opened; records the inputs it saw."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.started = threading.Event()
-        self.seen: list[float] = []
-
-    def __call__(self, xs: list[Any]) -> list[float]:
-        self.seen.extend(float(x[0]) for x in xs)
-        self.started.set()
-        self.open.wait(10)
-        return [float(x[0]) for x in xs]
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `check` until true or `timeout` seconds pass."""
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return True
-        await asyncio.sleep(0.01)
-    return check()
-
-
-def worker_processes() -> list[int]:
-    """Live (not zombie) clipperlite worker processes that are children of this process."""
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if int(fields[1]) == me and fields[0] != "Z" and b"clipperlite._backends" in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def release_leaked(prefix: str, before: set[int]) -> None:
-    """Clean up after a known leak, touching only what this test started: kill its
-    worker processes and tell its orphaned replica threads to exit."""
-    import gc
-
-    from clipperlite._backends import ThreadReplica
-
-    for pid in set(worker_processes()) - before:
-        os.kill(pid, signal.SIGKILL)
-    for obj in gc.get_objects():
-        if isinstance(obj, ThreadReplica) and obj.name.startswith(prefix) and obj.alive:
-            obj._inbox.put(None)
-    for t in threading.enumerate():
-        if t.name.startswith(prefix):
-            t.join(timeout=3)
-
-
-def clipperlite_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("clipperlite")]
-
-
-def model_stats(clipper: Clipper, model: str) -> dict[str, Any]:
-    return clipper.metrics()["models"][model]["1"]  # type: ignore[no-any-return]
 
 
 def drained(clipper: Clipper) -> bool:
@@ -175,7 +84,7 @@ async def storm(
 )
 async def test_storm_leaves_nothing_behind(backend: str, n: int, batch_wait: int) -> None:
     """After a cancellation storm the model serves, queues, in-flight and timer are empty."""
-    func: Any = {"thread": fast_model(), "async": async_model, "process": proc_model()}[backend]
+    func = async_model(0.001) if backend == "async" else sync_model(0.001)
     async with Clipper() as clipper:
         await clipper.create_endpoint(
             "c",
@@ -215,8 +124,8 @@ async def test_storm_on_an_ensemble_leaves_nothing_behind() -> None:
     """Cancelling callers that wait on several models at once (Exp4) leaks nothing."""
     async with Clipper() as clipper:
         clipper.register_application("e", "doubles", -1.0, SLO, policy="exp4")
-        await clipper.deploy_model("a", 1, "doubles", fast_model(0.002), num_replicas=2)
-        await clipper.deploy_model("b", 1, "doubles", async_model)
+        await clipper.deploy_model("a", 1, "doubles", sync_model(0.002), num_replicas=2)
+        await clipper.deploy_model("b", 1, "doubles", async_model(0.001))
         clipper.link_model_to_app("e", "a")
         clipper.link_model_to_app("e", "b")
         returned, cancelled = await storm(clipper, ["e"], 3000, seed=5)
@@ -235,14 +144,11 @@ async def test_cancelled_queued_queries_never_reach_the_model() -> None:
     """Queries cancelled while queued never reach the model and leave nothing in flight."""
     gate = Gate()
     async with Clipper() as clipper:
-        await clipper.create_endpoint(
-            "g", "doubles", gate, default_output=-1.0, slo_micros=5_000_000, batch_size=4
-        )
-        first = asyncio.create_task(clipper.predict("g", [0.0]))
+        first = await gated_query(clipper, "g", gate, 0.0, batch_size=4)
         assert await asyncio.to_thread(gate.started.wait, 5)
         doomed = [asyncio.create_task(clipper.predict("g", [float(i)])) for i in range(1, 6)]
         await asyncio.sleep(0.01)
-        assert model_stats(clipper, "g")["queue_length"] == 5
+        assert version_stats(clipper, "g")["queue_length"] == 5
         assert clipper.metrics()["cache"]["inflight"] == 6
         for t in doomed:
             t.cancel()
@@ -251,7 +157,7 @@ async def test_cancelled_queued_queries_never_reach_the_model() -> None:
         assert (await first).output == 0.0
         after = await clipper.predict("g", [9.0])
         assert await eventually(lambda: drained(clipper))
-        stats = model_stats(clipper, "g")
+        stats = version_stats(clipper, "g")
     assert gate.seen == [0.0, 9.0]
     assert (after.default, after.output) == (False, 9.0)
     assert stats["cancelled_in_queue"] == 5
@@ -263,10 +169,7 @@ async def test_one_caller_cancelling_leaves_an_identical_query_intact() -> None:
     """One caller cancelling a coalesced query does not cancel it for the other caller."""
     gate = Gate()
     async with Clipper() as clipper:
-        await clipper.create_endpoint(
-            "g", "doubles", gate, default_output=-1.0, slo_micros=5_000_000
-        )
-        blocker = asyncio.create_task(clipper.predict("g", [-1.0]))
+        blocker = await gated_query(clipper, "g", gate, -1.0)
         assert await asyncio.to_thread(gate.started.wait, 5)
         a = asyncio.create_task(clipper.predict("g", [7.0]))
         await asyncio.sleep(0.01)
@@ -304,7 +207,7 @@ async def test_cancel_inside_a_running_batch_leaves_the_batch_intact() -> None:
         gate.open.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         again = await clipper.predict("g", [1.0])
-        stats = model_stats(clipper, "g")
+        stats = version_stats(clipper, "g")
     assert isinstance(results[1], asyncio.CancelledError)
     assert [r.output for r in results if isinstance(r, Prediction)] == [0.0, 2.0, 3.0]
     assert (again.default, again.output) == (False, 1.0)
@@ -317,14 +220,11 @@ async def test_cancelled_predict_batch_drops_its_queries() -> None:
     """Cancelling a predict_batch drops every query it queued; the model serves on."""
     gate = Gate()
     async with Clipper() as clipper:
-        await clipper.create_endpoint(
-            "g", "doubles", gate, default_output=-1.0, slo_micros=5_000_000, batch_size=2
-        )
-        blocker = asyncio.create_task(clipper.predict("g", [-1.0]))
+        blocker = await gated_query(clipper, "g", gate, -1.0, batch_size=2)
         assert await asyncio.to_thread(gate.started.wait, 5)
         many = asyncio.create_task(clipper.predict_batch("g", [[float(i)] for i in range(50)]))
         await asyncio.sleep(0.01)
-        assert model_stats(clipper, "g")["queue_length"] == 50
+        assert version_stats(clipper, "g")["queue_length"] == 50
         many.cancel()
         with pytest.raises(asyncio.CancelledError):
             await many
@@ -340,20 +240,17 @@ async def test_cancelled_predict_batch_drops_its_queries() -> None:
 async def test_cancelled_deploy_leaves_no_worker_behind() -> None:
     """Cancelling deploy_model while workers start leaves no model, thread or process behind."""
     before = set(worker_processes())
-    try:
-        async with Clipper() as clipper:
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(
-                    clipper.deploy_model(
-                        "p", 1, "doubles", proc_model(), backend="process", num_replicas=2
-                    ),
-                    0.05,
-                )
-            assert clipper.get_all_models() == []
+    async with Clipper() as clipper:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                clipper.deploy_model(
+                    "p", 1, "doubles", sync_model(0.001), backend="process", num_replicas=2
+                ),
+                0.05,
+            )
+        assert clipper.get_all_models() == []
 
-            def clean() -> bool:
-                return not clipperlite_threads() and not set(worker_processes()) - before
+        def clean() -> bool:
+            return not clipperlite_threads() and not set(worker_processes()) - before
 
-            assert await eventually(clean, timeout=3.0), (clipperlite_threads(), worker_processes())
-    finally:
-        release_leaked("clipperlite:p:1:", before)
+        assert await eventually(clean, timeout=3.0), (clipperlite_threads(), worker_processes())

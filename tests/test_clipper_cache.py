@@ -12,28 +12,9 @@ import pytest
 
 from clipperlite import Clipper
 from clipperlite import testing as fake
+from helpers import first, version_stats, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll `predicate` on the loop until it is true (fail after `timeout` seconds)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
-def version_stats(c: Clipper, model: str, version: int | str = 1) -> dict[str, Any]:
-    """A model version's entry in metrics()."""
-    stats: dict[str, Any] = c.metrics()["models"][model][str(version)]
-    return stats
-
-
-def first(x: Any) -> float:
-    """The first element of a validated numeric input, as a float."""
-    return float(np.asarray(x)[0])
 
 
 async def test_a_repeated_input_hits_the_cache(clipper: Clipper) -> None:

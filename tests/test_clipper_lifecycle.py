@@ -24,17 +24,9 @@ from clipperlite import (
     UnknownApplicationError,
 )
 from clipperlite import testing as fake
+from helpers import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll `predicate` on the loop until it is true (fail after `timeout` seconds)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 # -- lifecycle ---------------------------------------------------------------------------

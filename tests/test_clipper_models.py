@@ -18,23 +18,9 @@ from clipperlite import (
     UnknownModelError,
 )
 from clipperlite import testing as fake
+from helpers import app_stats, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll `predicate` on the loop until it is true (fail after `timeout` seconds)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
-def app_stats(c: Clipper, app: str) -> dict[str, Any]:
-    """The app's entry in metrics()."""
-    stats: dict[str, Any] = c.metrics()["apps"][app]
-    return stats
 
 
 # -- applications and links --------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,37 +14,12 @@ import pytest
 
 from clipperlite import Clipper, ClipperError, InvalidInputError, Prediction
 from clipperlite import testing as fake
+from helpers import app_stats, first, version_stats, wait_until
 
 pytestmark = pytest.mark.anyio
 
 #: Slack on top of an SLO for "returns in time" (two noisy cores).
 MARGIN = 0.25
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll `predicate` on the loop until it is true (fail after `timeout` seconds)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
-def app_stats(c: Clipper, app: str) -> dict[str, Any]:
-    """The app's entry in metrics()."""
-    stats: dict[str, Any] = c.metrics()["apps"][app]
-    return stats
-
-
-def version_stats(c: Clipper, model: str, version: int | str = 1) -> dict[str, Any]:
-    """A model version's entry in metrics()."""
-    stats: dict[str, Any] = c.metrics()["models"][model][str(version)]
-    return stats
-
-
-def first(x: Any) -> float:
-    """The first element of a validated numeric input, as a float."""
-    return float(np.asarray(x)[0])
 
 
 class RaisingPolicy:
@@ -67,6 +43,14 @@ class UnlinkedPolicy(RaisingPolicy):
 
     def select(self, state: Any, x: Any) -> list[str]:
         return ["not-linked"]
+
+
+@pytest.fixture
+def release(clipper: Clipper) -> Iterator[threading.Event]:
+    """An event hung models wait on, set at teardown (before `clipper` stops) to free them."""
+    event = threading.Event()
+    yield event
+    event.set()
 
 
 # -- predict_batch ----------------------------------------------------------------------
@@ -148,17 +132,15 @@ async def test_inputs_are_copied_at_validation(clipper: Clipper) -> None:
 # -- SLOs -------------------------------------------------------------------------------
 
 
-async def test_per_query_slo_tightens_the_app_slo(clipper: Clipper) -> None:
+async def test_per_query_slo_tightens_the_app_slo(
+    clipper: Clipper, release: threading.Event
+) -> None:
     """predict(slo_micros=...) replaces a long app SLO: a hung model's query returns in time."""
-    release = threading.Event()
-    try:
-        await clipper.create_endpoint("ep", "doubles", fake.hang(release), slo_micros=30_000_000)
-        t0 = time.monotonic()
-        p = await clipper.predict("ep", [1.0], slo_micros=50_000)
-        assert time.monotonic() - t0 < 0.05 + MARGIN
-        assert p.default
-    finally:
-        release.set()
+    await clipper.create_endpoint("ep", "doubles", fake.hang(release), slo_micros=30_000_000)
+    t0 = time.monotonic()
+    p = await clipper.predict("ep", [1.0], slo_micros=50_000)
+    assert time.monotonic() - t0 < 0.05 + MARGIN
+    assert p.default
 
 
 async def test_per_query_slo_loosens_the_app_slo(clipper: Clipper) -> None:
@@ -253,20 +235,16 @@ async def test_default_when_the_model_returns_no_list(clipper: Clipper) -> None:
     assert (await clipper.predict("app", [2.0])).output == 1.0
 
 
-async def test_default_when_the_deadline_passes(clipper: Clipper) -> None:
+async def test_default_when_the_deadline_passes(clipper: Clipper, release: threading.Event) -> None:
     """A hung model's query returns the default within its SLO (plus a margin), explained."""
-    release = threading.Event()
-    try:
-        clipper.register_application("app", "doubles", -1.0, 50_000)
-        await clipper.deploy_model("model-x", 1, "doubles", fake.hang(release))
-        clipper.link_model_to_app("app", "model-x")
-        t0 = time.monotonic()
-        p = await clipper.predict("app", [1.0])
-        assert time.monotonic() - t0 < 0.05 + MARGIN
-        assert_explained(p, -1.0, "'app'", "model-x", "deadline")
-        assert_one_default(clipper, "app")
-    finally:
-        release.set()
+    clipper.register_application("app", "doubles", -1.0, 50_000)
+    await clipper.deploy_model("model-x", 1, "doubles", fake.hang(release))
+    clipper.link_model_to_app("app", "model-x")
+    t0 = time.monotonic()
+    p = await clipper.predict("app", [1.0])
+    assert time.monotonic() - t0 < 0.05 + MARGIN
+    assert_explained(p, -1.0, "'app'", "model-x", "deadline")
+    assert_one_default(clipper, "app")
 
 
 async def test_default_when_no_replica_runs(clipper: Clipper) -> None:
@@ -281,28 +259,24 @@ async def test_default_when_no_replica_runs(clipper: Clipper) -> None:
     assert_one_default(clipper, "app")
 
 
-async def test_default_when_the_queue_is_full(clipper: Clipper) -> None:
+async def test_default_when_the_queue_is_full(clipper: Clipper, release: threading.Event) -> None:
     """Beyond max_queue a query gets the default at once, explained; the others are served."""
-    release = threading.Event()
     model = fake.counting(fake.hang(release))
-    try:
-        clipper.register_application("app", "doubles", -1.0, 30_000_000)
-        await clipper.deploy_model("model-x", 1, "doubles", model, max_queue=1, batch_size=1)
-        clipper.link_model_to_app("app", "model-x")
-        running = asyncio.ensure_future(clipper.predict("app", [1.0]))
-        await wait_until(lambda: model.calls == 1)
-        queued = asyncio.ensure_future(clipper.predict("app", [2.0]))
-        await asyncio.sleep(0.01)
-        t0 = time.monotonic()
-        p = await clipper.predict("app", [3.0])
-        assert time.monotonic() - t0 < 0.5
-        assert_explained(p, -1.0, "'app'", "model-x", "queue")
-        release.set()
-        assert not (await running).default
-        assert not (await queued).default
-        assert [first(x) for x in model.inputs] == [1.0, 2.0]
-    finally:
-        release.set()
+    clipper.register_application("app", "doubles", -1.0, 30_000_000)
+    await clipper.deploy_model("model-x", 1, "doubles", model, max_queue=1, batch_size=1)
+    clipper.link_model_to_app("app", "model-x")
+    running = asyncio.ensure_future(clipper.predict("app", [1.0]))
+    await wait_until(lambda: model.calls == 1)
+    queued = asyncio.ensure_future(clipper.predict("app", [2.0]))
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    p = await clipper.predict("app", [3.0])
+    assert time.monotonic() - t0 < 0.5
+    assert_explained(p, -1.0, "'app'", "model-x", "queue")
+    release.set()
+    assert not (await running).default
+    assert not (await queued).default
+    assert [first(x) for x in model.inputs] == [1.0, 2.0]
 
 
 async def test_default_when_the_policy_raises(clipper: Clipper) -> None:
@@ -516,129 +490,115 @@ async def test_a_slow_async_model_does_not_block_the_loop(clipper: Clipper) -> N
     assert first((await pending).output) == 1.0
 
 
-async def test_exp4_leaves_stragglers_out(clipper: Clipper) -> None:
+async def test_exp4_leaves_stragglers_out(clipper: Clipper, release: threading.Event) -> None:
     """exp4 leaves a hung model out and answers from the others within the SLO."""
-    release = threading.Event()
-    try:
-        clipper.register_application("app", "doubles", -1.0, 50_000, policy="exp4")
-        await clipper.deploy_model("fast", 1, "doubles", fake.constant(2.0))
-        await clipper.deploy_model("hung", 1, "doubles", fake.hang(release))
-        clipper.link_model_to_app("app", "fast")
-        clipper.link_model_to_app("app", "hung")
-        t0 = time.monotonic()
-        p = await clipper.predict("app", [1.0])
-        assert time.monotonic() - t0 < 0.05 + MARGIN
-        assert (p.output, p.default) == (2.0, False)
-    finally:
-        release.set()
+    clipper.register_application("app", "doubles", -1.0, 50_000, policy="exp4")
+    await clipper.deploy_model("fast", 1, "doubles", fake.constant(2.0))
+    await clipper.deploy_model("hung", 1, "doubles", fake.hang(release))
+    clipper.link_model_to_app("app", "fast")
+    clipper.link_model_to_app("app", "hung")
+    t0 = time.monotonic()
+    p = await clipper.predict("app", [1.0])
+    assert time.monotonic() - t0 < 0.05 + MARGIN
+    assert (p.output, p.default) == (2.0, False)
 
 
 # -- cancellation -----------------------------------------------------------------------
 
 
-async def test_a_cancelled_query_never_reaches_the_model(clipper: Clipper) -> None:
+async def test_a_cancelled_query_never_reaches_the_model(
+    clipper: Clipper, release: threading.Event
+) -> None:
     """A predict cancelled while queued never reaches the model; others are answered."""
-    release = threading.Event()
     model = fake.counting(fake.hang(release))
-    try:
-        await clipper.create_endpoint("ep", "doubles", model, batch_size=1, slo_micros=30_000_000)
-        running = asyncio.ensure_future(clipper.predict("ep", [1.0]))
-        await wait_until(lambda: model.calls == 1)
-        doomed = asyncio.ensure_future(clipper.predict("ep", [2.0]))
-        other = asyncio.ensure_future(clipper.predict("ep", [3.0]))
-        await asyncio.sleep(0.01)
-        doomed.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await doomed
-        release.set()
-        assert first((await running).output) == 1.0
-        assert first((await other).output) == 3.0
-        assert first((await clipper.predict("ep", [4.0])).output) == 4.0
-        assert [first(x) for x in model.inputs] == [1.0, 3.0, 4.0]
-    finally:
-        release.set()
+    await clipper.create_endpoint("ep", "doubles", model, batch_size=1, slo_micros=30_000_000)
+    running = asyncio.ensure_future(clipper.predict("ep", [1.0]))
+    await wait_until(lambda: model.calls == 1)
+    doomed = asyncio.ensure_future(clipper.predict("ep", [2.0]))
+    other = asyncio.ensure_future(clipper.predict("ep", [3.0]))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    release.set()
+    assert first((await running).output) == 1.0
+    assert first((await other).output) == 3.0
+    assert first((await clipper.predict("ep", [4.0])).output) == 4.0
+    assert [first(x) for x in model.inputs] == [1.0, 3.0, 4.0]
 
 
-async def test_cancelling_one_of_identical_queries_keeps_the_other(clipper: Clipper) -> None:
+async def test_cancelling_one_of_identical_queries_keeps_the_other(
+    clipper: Clipper, release: threading.Event
+) -> None:
     """Of two identical queries sharing one model call, cancelling one leaves the other's."""
-    release = threading.Event()
     model = fake.counting(fake.hang(release))
-    try:
-        await clipper.create_endpoint("ep", "doubles", model, slo_micros=30_000_000)
-        a = asyncio.ensure_future(clipper.predict("ep", [1.0]))
-        b = asyncio.ensure_future(clipper.predict("ep", [1.0]))
-        await wait_until(lambda: model.calls == 1)
-        a.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await a
-        release.set()
-        p = await b
-        assert not p.default
-        assert first(p.output) == 1.0
-    finally:
-        release.set()
+    await clipper.create_endpoint("ep", "doubles", model, slo_micros=30_000_000)
+    a = asyncio.ensure_future(clipper.predict("ep", [1.0]))
+    b = asyncio.ensure_future(clipper.predict("ep", [1.0]))
+    await wait_until(lambda: model.calls == 1)
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    release.set()
+    p = await b
+    assert not p.default
+    assert first(p.output) == 1.0
 
 
-async def test_cancelling_a_query_mid_batch_keeps_its_batch_mates(clipper: Clipper) -> None:
+async def test_cancelling_a_query_mid_batch_keeps_its_batch_mates(
+    clipper: Clipper, release: threading.Event
+) -> None:
     """Cancelling a query whose batch is running leaves the batch-mates' answers intact."""
-    release = threading.Event()
     model = fake.counting(fake.hang(release))
-    try:
-        await clipper.create_endpoint(
-            "ep",
-            "doubles",
-            model,
-            batch_size=3,
-            batch_wait_micros=500_000,
-            slo_micros=30_000_000,
-        )
-        tasks = [asyncio.ensure_future(clipper.predict("ep", [float(i)])) for i in range(3)]
-        await wait_until(lambda: model.calls == 1)
-        tasks[1].cancel()
-        release.set()
-        with pytest.raises(asyncio.CancelledError):
-            await tasks[1]
-        assert [first((await tasks[i]).output) for i in (0, 2)] == [0.0, 2.0]
-        assert model.batch_sizes == [3]
-    finally:
-        release.set()
+    await clipper.create_endpoint(
+        "ep",
+        "doubles",
+        model,
+        batch_size=3,
+        batch_wait_micros=500_000,
+        slo_micros=30_000_000,
+    )
+    tasks = [asyncio.ensure_future(clipper.predict("ep", [float(i)])) for i in range(3)]
+    await wait_until(lambda: model.calls == 1)
+    tasks[1].cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    assert [first((await tasks[i]).output) for i in (0, 2)] == [0.0, 2.0]
+    assert model.batch_sizes == [3]
 
 
 # -- deadlines --------------------------------------------------------------------------
 
 
-async def test_queries_behind_a_hung_model_return_within_their_slo(clipper: Clipper) -> None:
+async def test_queries_behind_a_hung_model_return_within_their_slo(
+    clipper: Clipper, release: threading.Event
+) -> None:
     """Queries queued behind a hung model each return their default within the SLO."""
-    release = threading.Event()
-    try:
-        await clipper.create_endpoint(
-            "ep", "doubles", fake.hang(release), default_output=-1.0, slo_micros=50_000
-        )
-        t0 = time.monotonic()
-        ps = await asyncio.gather(*(clipper.predict("ep", [float(i)]) for i in range(8)))
-        assert time.monotonic() - t0 < 0.05 + MARGIN
-        assert all(p.default and p.output == -1.0 for p in ps)
-        assert all("deadline" in (p.default_explanation or "") for p in ps)
-    finally:
-        release.set()
+    await clipper.create_endpoint(
+        "ep", "doubles", fake.hang(release), default_output=-1.0, slo_micros=50_000
+    )
+    t0 = time.monotonic()
+    ps = await asyncio.gather(*(clipper.predict("ep", [float(i)]) for i in range(8)))
+    assert time.monotonic() - t0 < 0.05 + MARGIN
+    assert all(p.default and p.output == -1.0 for p in ps)
+    assert all("deadline" in (p.default_explanation or "") for p in ps)
 
 
-async def test_an_expired_query_never_reaches_the_model(clipper: Clipper) -> None:
+async def test_an_expired_query_never_reaches_the_model(
+    clipper: Clipper, release: threading.Event
+) -> None:
     """A query whose deadline passed while queued is dropped, never run by the model."""
-    release = threading.Event()
     model = fake.counting(fake.hang(release))
-    try:
-        await clipper.create_endpoint("ep", "doubles", model, batch_size=1, slo_micros=30_000_000)
-        running = asyncio.ensure_future(clipper.predict("ep", [1.0]))
-        await wait_until(lambda: model.calls == 1)
-        expired = await clipper.predict("ep", [2.0], slo_micros=30_000)
-        assert expired.default
-        release.set()
-        await running
-        assert first((await clipper.predict("ep", [3.0])).output) == 3.0
-        assert [first(x) for x in model.inputs] == [1.0, 3.0]
-    finally:
-        release.set()
+    await clipper.create_endpoint("ep", "doubles", model, batch_size=1, slo_micros=30_000_000)
+    running = asyncio.ensure_future(clipper.predict("ep", [1.0]))
+    await wait_until(lambda: model.calls == 1)
+    expired = await clipper.predict("ep", [2.0], slo_micros=30_000)
+    assert expired.default
+    release.set()
+    await running
+    assert first((await clipper.predict("ep", [3.0])).output) == 3.0
+    assert [first(x) for x in model.inputs] == [1.0, 3.0]
 
 
 # -- batch sizing -----------------------------------------------------------------------

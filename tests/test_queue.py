@@ -365,3 +365,37 @@ def test_alive_is_true_while_any_waiter_is_pending(query: NewQuery) -> None:
     assert q.alive()
     q.waiters[1].set_result("elsewhere")
     assert not q.alive()
+
+
+# -- doomed queries (lead) ----------------------------------------------------------------------
+def test_pop_batch_drops_queries_that_cannot_finish_in_time(query: NewQuery) -> None:
+    """With a lead (the expected batch latency), a query due before now + lead is dropped
+    as would-miss and never reaches the model; those with time enough are taken."""
+    queue = EDFQueue()
+    tight, roomy = query("tight", deadline=1.05), query("roomy", deadline=2.0)
+    queue.push(tight)
+    queue.push(roomy)
+    batch, dropped = queue.pop_batch(10, now=1.0, lead=0.1)
+    assert batch == [roomy]
+    assert dropped == [(tight, Cause.WOULD_MISS)]
+    assert len(queue) == 0
+
+
+def test_pop_batch_runs_one_doomed_query_rather_than_none(query: NewQuery) -> None:
+    """When every candidate looks doomed, the latest-due one still runs, so the latency
+    estimate behind the lead keeps being measured (no livelock on a stale estimate)."""
+    queue = EDFQueue()
+    a, b = query("a", deadline=1.01), query("b", deadline=1.02)
+    queue.push(a)
+    queue.push(b)
+    batch, dropped = queue.pop_batch(10, now=1.0, lead=0.5)
+    assert batch == [b]
+    assert dropped == [(a, Cause.WOULD_MISS)]
+
+
+def test_pop_batch_without_lead_keeps_every_live_query(query: NewQuery) -> None:
+    """The default lead of 0 drops only what is already past its deadline."""
+    queue = EDFQueue()
+    q = query(deadline=1.0001)
+    queue.push(q)
+    assert queue.pop_batch(10, now=1.0) == ([q], [])

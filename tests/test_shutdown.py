@@ -14,6 +14,14 @@ from typing import Any
 import pytest
 
 from clipperlite import Clipper, ClipperClosedError, ClipperError, Prediction
+from helpers import (
+    async_model,
+    clipperlite_tasks,
+    clipperlite_threads,
+    eventually,
+    sync_model,
+    worker_processes,
+)
 
 GRACE = 1.0
 #: stop() may take the grace period plus this much (thread joins, process teardown).
@@ -21,38 +29,6 @@ MARGIN = 1.5
 
 
 # -- what clipperlite may leave behind ------------------------------------------------------
-def clipperlite_threads() -> list[str]:
-    """Live threads started by clipperlite."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("clipperlite")]
-
-
-def clipperlite_tasks() -> list[str]:
-    """Pending asyncio tasks started by clipperlite."""
-    return [
-        t.get_name()
-        for t in asyncio.all_tasks()
-        if not t.done() and t.get_name().startswith("clipperlite")
-    ]
-
-
-def worker_processes() -> list[int]:
-    """Live (not zombie) clipperlite worker processes that are children of this process."""
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if int(fields[1]) == me and fields[0] != "Z" and b"clipperlite._backends" in cmdline:
-            found.append(int(entry))
-    return found
-
-
 def release_leaked(prefix: str, before: set[int]) -> None:
     """Clean up after a known leak, touching only what this test started: kill its
     worker processes and tell its orphaned replica threads to exit."""
@@ -79,14 +55,6 @@ def leftovers() -> dict[str, list[Any]]:
     return {k: v for k, v in found.items() if v}
 
 
-async def eventually(check: Callable[[], Any], timeout: float) -> Any:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            break
-        await asyncio.sleep(0.02)
-    return check()
-
-
 @pytest.fixture
 def release() -> Any:
     """An event hung models wait on; set at teardown so no test leaves a thread stuck."""
@@ -99,26 +67,6 @@ def release() -> Any:
 
 
 # -- models -----------------------------------------------------------------------------------
-def sync_model(seconds: float) -> Callable[[list[Any]], list[float]]:
-    """A well-behaved model taking `seconds` per batch (nested: picklable by value)."""
-
-    def model(xs: list[Any]) -> list[float]:
-        import time
-
-        time.sleep(seconds)
-        return [float(x[0]) for x in xs]
-
-    return model
-
-
-def async_model(seconds: float) -> Callable[[list[Any]], Any]:
-    async def model(xs: list[Any]) -> list[float]:
-        await asyncio.sleep(seconds)
-        return [float(x[0]) for x in xs]
-
-    return model
-
-
 def model_for(backend: str, seconds: float) -> Any:
     return async_model(seconds) if backend == "async" else sync_model(seconds)
 

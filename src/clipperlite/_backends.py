@@ -15,13 +15,14 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import cloudpickle
 
-from ._types import WorkerDied
+from ._types import Timed, WorkerDied
 
 logger = logging.getLogger("clipperlite")
 
@@ -133,7 +134,8 @@ class ThreadReplica:
                 return
             fut, xs = item
             try:
-                result: Any = func(xs)
+                started = time.perf_counter()
+                result: Any = Timed(func(xs), time.perf_counter() - started)
                 ok = True
             except BaseException as exc:  # a model's SystemExit must not end its replica
                 result, ok = _as_model_error(exc), False

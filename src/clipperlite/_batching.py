@@ -19,7 +19,7 @@ import numpy as np
 
 from ._aimd import BatchSizer
 from ._clock import Clock
-from ._types import Cause, Failure, WorkerDied
+from ._types import Cause, Failure, Timed, WorkerDied
 
 QUEUED, TAKEN, DONE = 0, 1, 2
 
@@ -157,15 +157,21 @@ class EDFQueue:
         self._trim()
         return self._fifo[0].arrival if self._fifo else None
 
-    def pop_batch(self, n: int, now: float) -> tuple[list[Query], list[tuple[Query, Cause]]]:
+    def pop_batch(
+        self, n: int, now: float, lead: float = 0.0
+    ) -> tuple[list[Query], list[tuple[Query, Cause]]]:
         """Take up to `n` live queries in EDF order; also return those dropped on the way.
 
         A query whose deadline has passed, or that nobody waits for any more, is
-        dropped (with its cause) and never reaches the model.
+        dropped (with its cause) and never reaches the model; so is one that cannot
+        finish by its deadline even if its batch starts now (`lead`: the expected
+        batch latency), unless that would leave the batch empty: one such query still
+        runs, so the latency estimate behind `lead` keeps being measured.
         """
         heap = self._heap
         batch: list[Query] = []
         dropped: list[tuple[Query, Cause]] = []
+        doomed: list[Query] = []
         while heap and len(batch) < n:
             _deadline, seq, q = heapq.heappop(heap)
             if q.seq != seq or q.state != QUEUED:
@@ -176,8 +182,14 @@ class EDFQueue:
                 dropped.append((q, Cause.DEADLINE))
             elif not q.alive():
                 dropped.append((q, Cause.CANCELLED))
+            elif q.deadline <= now + lead:
+                doomed.append(q)
             else:
                 batch.append(q)
+        if doomed:
+            if not batch:
+                batch.append(doomed.pop())
+            dropped.extend((q, Cause.WOULD_MISS) for q in doomed)
         self._trim()
         return batch, dropped
 
@@ -324,22 +336,26 @@ class Batcher:
         return None
 
     def _admit(self, q: Query, batch_latency: float) -> Failure | None:
-        """Refuse a query that cannot make its deadline even if only the full batches
-        queued ahead of it (by EDF) run first: an optimistic estimate, so a short queue
-        never refuses, and the batches ahead keep the latency estimate fresh."""
+        """Refuse a query that cannot make its deadline: the full batches queued ahead of
+        it (by EDF) and its own take about a batch latency each. Optimistic (the batch
+        now running is not counted), and the batches ahead keep the estimate fresh."""
+        queue = self.queue
         left = q.deadline - self.clock()
         per_batch = self.sizer.max_batch * max(1, len(self.replicas))
-        # It misses if more than this many queries are served before it.
-        limit = (int(max(0.0, left) / batch_latency) + 1) * per_batch - 1
-        ahead = self.queue.count_ahead(q.deadline, limit + 1)
-        if ahead <= limit:
+        # Its own batch takes a batch latency too, so it misses if this many or more are
+        # served before it.
+        limit = int(max(0.0, left) / batch_latency) * per_batch
+        if len(queue) < limit:
+            return None
+        ahead = queue.count_ahead(q.deadline, limit)
+        if ahead < limit:
             return None
         self.stats.would_miss += 1
-        wait = (ahead // per_batch) * batch_latency
+        wait = (ahead // per_batch + 1) * batch_latency
         return Failure(
             Cause.WOULD_MISS,
             f"could not meet its deadline: {ahead}+ queries are queued ahead, an expected"
-            f" {wait * 1e3:.1f} ms wait against {max(0.0, left) * 1e3:.1f} ms left",
+            f" {wait * 1e3:.1f} ms to answer against {max(0.0, left) * 1e3:.1f} ms left",
         )
 
     def _shed(self, dropped: Sequence[tuple[Query, Cause]]) -> None:
@@ -347,6 +363,15 @@ class Batcher:
             if cause is Cause.DEADLINE:
                 self.stats.expired += 1
                 q.resolve(Failure(Cause.DEADLINE, "did not answer before the deadline"))
+            elif cause is Cause.WOULD_MISS:
+                self.stats.would_miss += 1
+                q.resolve(
+                    Failure(
+                        Cause.WOULD_MISS,
+                        "could not meet its deadline: a batch takes about"
+                        f" {self.stats.latency_ewma * 1e3:.1f} ms, more than it had left",
+                    )
+                )
             else:
                 self.stats.cancelled += 1
                 q.resolve(Failure(Cause.CANCELLED, "query was cancelled by its caller"))
@@ -384,7 +409,7 @@ class Batcher:
                     if slot.stopping or self.closed:
                         break
                     n = self.sizer.max_batch
-            batch, dropped = queue.pop_batch(n, self.clock())
+            batch, dropped = queue.pop_batch(n, self.clock(), self.stats.latency_ewma)
             if dropped:
                 self._shed(dropped)
             if batch:
@@ -417,6 +442,8 @@ class Batcher:
                 self.clock() - t0,
             )
         latency = self.clock() - t0
+        if isinstance(raw, Timed):
+            raw, latency = raw.outputs, raw.seconds
         n = len(batch)
         if isinstance(raw, np.ndarray) and raw.ndim >= 1:
             outputs: Any = raw.tolist() if raw.ndim == 1 else list(raw)
@@ -457,9 +484,9 @@ class Batcher:
         stats.items += len(batch)
         if failure is None:
             assert outputs is not None
-            stats.latency_ewma = (
-                latency if not stats.latency_ewma else 0.8 * stats.latency_ewma + 0.2 * latency
-            )
+            ewma = stats.latency_ewma
+            # One stall (a garbage collection) must not make many queries look doomed.
+            stats.latency_ewma = latency if not ewma else 0.8 * ewma + 0.2 * min(latency, 4 * ewma)
             # AIMD grows only on a full batch; any batch at or over budget shrinks it.
             self.sizer.observe(len(batch), latency)
             for q, out in zip(batch, outputs, strict=True):

@@ -50,5 +50,16 @@ class Failure:
     detail: str = ""
 
 
+class Timed:
+    """A batch's outputs with the time the model itself took, measured where it ran
+    (so batch sizing is not skewed by hand-off and event-loop delays)."""
+
+    __slots__ = ("outputs", "seconds")
+
+    def __init__(self, outputs: Any, seconds: float) -> None:
+        self.outputs = outputs
+        self.seconds = seconds
+
+
 class WorkerDied(Exception):
     """Raised by a backend when the worker running a batch died (a process crashed)."""
