@@ -163,3 +163,19 @@ async def test_each_version_has_its_own_cache(clipper: Clipper) -> None:
     await clipper.stop_model("m", 2)
     await clipper.deploy_model("m", 2, "doubles", fake.constant("newer"))
     assert (await clipper.predict("app", [1.0])).output == "newer"
+
+
+async def test_a_tight_caller_joining_a_queued_query_moves_it_ahead(clipper: Clipper) -> None:
+    """A tight-SLO query identical to one queued by a loose-SLO app is served by its own
+    deadline: it goes ahead of the loose backlog instead of waiting behind it."""
+    await clipper.deploy_model("m", 1, "doubles", fake.slow(0.02), batch_size=1)
+    clipper.register_application("batch", "doubles", -1.0, 5_000_000)
+    clipper.register_application("live", "doubles", -1.0, 150_000)
+    clipper.link_model_to_app("batch", "m")
+    clipper.link_model_to_app("live", "m")
+    backlog = [asyncio.create_task(clipper.predict("batch", [float(i)])) for i in range(12)]
+    await asyncio.sleep(0.005)  # the backlog is queued: 12 x 20 ms ahead of a newcomer
+    tight = await clipper.predict("live", [11.0])  # identical to the last backlog query
+    assert not tight.default, tight.default_explanation
+    assert tight.output.tolist() == [11.0]
+    await asyncio.gather(*backlog)
