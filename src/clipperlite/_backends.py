@@ -187,12 +187,16 @@ class AsyncReplica:
             result = self.func(xs)
             if inspect.isawaitable(result):
                 result = await result
+        except Exception:
+            raise
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             cancelling = getattr(task, "cancelling", None)
             if cancelling is None or cancelling():
                 raise  # we are being cancelled (or cannot tell, before Python 3.11)
             raise _as_model_error(exc) from exc  # the model raised it on its own
+        except BaseException as exc:  # a model's SystemExit must not end the loop
+            raise _as_model_error(exc) from exc
         return result
 
     async def stop(self, grace: float) -> bool:

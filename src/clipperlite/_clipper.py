@@ -150,7 +150,8 @@ class Clipper:
             self._rng = np.random.default_rng(seed)
         except (TypeError, ValueError) as exc:
             raise ClipperError(f"seed must be None or a non-negative int, got {seed!r}") from exc
-        self._deploying: set[tuple[str, str]] = set()
+        self._deploying: dict[tuple[str, str], ModelVersion] = {}
+        self._deployments = itertools.count()
         self._apps: dict[str, _App] = {}
         self._models: dict[str, _Model] = {}
         self._ids = itertools.count()
@@ -197,6 +198,7 @@ class Clipper:
     async def _shutdown(self) -> None:
         failure = Failure(Cause.SHUTDOWN, "the Clipper is shutting down")
         versions = [v for m in self._models.values() for v in m.versions.values()]
+        versions += self._deploying.values()  # their deploy_model raises ClipperClosedError
         await asyncio.gather(*(v.stop(self._grace, failure) for v in versions))
         if self._timer is not None:
             self._timer.expire_all()
@@ -270,6 +272,11 @@ class Clipper:
                     f"unknown policy {policy!r}: use 'exp3', 'exp4' or a SelectionPolicy object"
                 )
             return factory(self._rng), policy.lower()
+        if isinstance(policy, type):
+            raise ClipperError(
+                f"policy must be an instance, not the class {policy.__name__}:"
+                f" pass {policy.__name__}() (or 'exp3' / 'exp4')"
+            )
         if isinstance(policy, SelectionPolicy):
             return policy, type(policy).__name__
         raise ClipperError(
@@ -305,7 +312,7 @@ class Clipper:
             )
         if model_name not in app.links:
             app.links.append(model_name)
-            self._relinked(app)
+            self._relinked(app, lambda: app.links.remove(model_name))
             self._update_budget(model_name)
 
     def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
@@ -316,13 +323,22 @@ class Clipper:
                 f"model {model_name!r} is not linked to app {app_name!r}"
                 f" (linked: {app.links or 'none'})"
             )
+        index = app.links.index(model_name)
         app.links.remove(model_name)
-        self._relinked(app)
+        self._relinked(app, lambda: app.links.insert(index, model_name))
         self._update_budget(model_name)
 
-    def _relinked(self, app: _App) -> None:
+    def _relinked(self, app: _App, undo: Callable[[], None]) -> None:
         if app.state is not None and app.links:
-            app.state = app.policy.init_state(list(app.links), app.state)
+            try:
+                state = app.policy.init_state(list(app.links), app.state)
+            except Exception as exc:
+                undo()
+                raise ClipperError(
+                    f"app {app.name!r}: policy {app.policy_name} init_state raised"
+                    f" {type(exc).__name__}: {exc}; the link was not changed"
+                ) from exc
+            app.state = state
             app.state_models = tuple(app.links)
 
     def _policy_state(self, app: _App) -> Any:
@@ -401,7 +417,7 @@ class Clipper:
                 f"backend {kind!r} is not available in this build of clipperlite"
                 f" (available: {', '.join(BACKENDS)})"
             )
-        if kind == "thread" and is_async_func(func):
+        if kind in ("thread", "process") and is_async_func(func):
             raise ClipperError(f"model {name!r} is an async def: use backend='async'")
         for linked in self._apps.values():
             if name in linked.links and linked.input_type != itype:
@@ -415,6 +431,12 @@ class Clipper:
             raise AlreadyExistsError(
                 f"model {name!r} version {version!r} is being deployed already", name=name
             )
+        for (other, _), pending in self._deploying.items():
+            if other == name and pending.input_type != itype:
+                raise ClipperError(
+                    f"model {name!r} is being deployed taking {pending.input_type}; a version"
+                    f" cannot take {itype}: deploy it under another name"
+                )
         if existing is not None:
             if vkey in existing.versions:
                 raise AlreadyExistsError(
@@ -437,12 +459,13 @@ class Clipper:
             hang_timeout=self._hang,
             clock=self._clock,
         )
-        self._deploying.add((name, vkey))
+        mv.deployment = next(self._deployments)
+        self._deploying[name, vkey] = mv
         try:
             try:
                 await mv.set_num_replicas(replicas, self._grace)
             except BaseException as exc:
-                await mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy"))
+                await asyncio.shield(mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy")))
                 if isinstance(exc, Exception):
                     raise ClipperError(
                         f"deploying model {name!r} version {version!r} failed: {exc}"
@@ -452,7 +475,7 @@ class Clipper:
                 await mv.stop(0.0, Failure(Cause.SHUTDOWN, "the Clipper is shutting down"))
                 self._require_running("deploy a model")
         finally:
-            self._deploying.discard((name, vkey))
+            del self._deploying[name, vkey]
         model = self._models.get(name)
         if model is None:
             model = self._models[name] = _Model(name, itype)
@@ -487,15 +510,18 @@ class Clipper:
         keys = (
             list(model.versions) if version is None else [self._version(name, version).version_key]
         )
-        for key in keys:
-            mv = model.versions.pop(key)
-            self._cache.drop(lambda k, key=key: k[0] == name and k[1] == key)
-            await mv.stop(self._grace, Failure(Cause.NO_REPLICA, "was stopped"))
-            self._abandoned += mv.abandoned
+        # Take them out of service before any await, so queries move on at once.
+        stopping = [model.versions.pop(key) for key in keys]
         if model.current not in model.versions:
             model.current = next(reversed(model.versions), None)
         if not model.versions and self._models.get(name) is model:
             del self._models[name]
+        for mv in stopping:
+            self._cache.drop(lambda k, key=mv.version_key: k[0] == name and k[1] == key)
+        await asyncio.gather(
+            *(mv.stop(self._grace, Failure(Cause.NO_REPLICA, "was stopped")) for mv in stopping)
+        )
+        self._abandoned += sum(mv.abandoned for mv in stopping)
 
     async def create_endpoint(
         self,
@@ -513,13 +539,16 @@ class Clipper:
         if name in self._models:
             raise AlreadyExistsError(f"a model named {name!r} is already deployed", name=name)
         self.register_application(name, input_type, default_output, slo_micros)
+        deployed = False
         try:
             await self.deploy_model(name, version, input_type, func, **deploy_options)
+            deployed = True
             self.link_model_to_app(name, name)
         except BaseException:
             self._apps.pop(name, None)
-            if name in self._models:
-                await self.stop_model(name)
+            model = self._models.get(name)
+            if deployed and model is not None and _version_key(version) in model.versions:
+                await asyncio.shield(self.stop_model(name, version))  # only what it made
             raise
 
     # -- queries ----------------------------------------------------------------------
@@ -617,7 +646,9 @@ class Clipper:
         ck = None
         cache = self._cache
         if key is not None and cache.enabled:
-            ck = (name, mv.version_key, key)
+            # The deployment's serial too: a batch of a stopped deployment finishing late
+            # must not answer for a new deployment of the same version.
+            ck = (name, mv.version_key, mv.deployment, key)
             out = cache.get(ck)
             if out is not _MISS:
                 mv.cache_hits += 1
@@ -778,7 +809,9 @@ class Clipper:
             ) from exc
         key = a.key(xv) if self._cache.enabled else None
         outputs, _ = await self._gather(a, chosen, xv, key, self._clock(), t0 + a.slo)
-        if not outputs:
+        # The links may have changed while the outputs were computed.
+        outputs = {m: out for m, out in outputs.items() if m in a.links}
+        if not outputs or self._apps.get(app) is not a:
             return
         try:
             state = self._policy_state(a)

@@ -15,6 +15,8 @@ parse messages.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ClipperError(Exception):
     """Base of every error clipperlite raises; also raised for misuse with no subclass."""
@@ -22,6 +24,17 @@ class ClipperError(Exception):
     def __str__(self) -> str:
         # KeyError subclasses would otherwise print their message in quotes.
         return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only attributes survive pickling (process pools, queue-based logging).
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: type[ClipperError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidInputError(ClipperError, ValueError):
@@ -36,7 +49,7 @@ class InvalidInputError(ClipperError, ValueError):
 class UnknownApplicationError(ClipperError, KeyError):
     """No application is registered under that name."""
 
-    def __init__(self, message: str, *, app: str):
+    def __init__(self, message: str, *, app: str | None = None):
         super().__init__(message)
         self.app = app
 
@@ -44,7 +57,7 @@ class UnknownApplicationError(ClipperError, KeyError):
 class UnknownModelError(ClipperError, KeyError):
     """No model, or no such version of a model, is deployed under that name."""
 
-    def __init__(self, message: str, *, model: str, version: str | None = None):
+    def __init__(self, message: str, *, model: str | None = None, version: str | None = None):
         super().__init__(message)
         self.model = model
         self.version = version
@@ -53,7 +66,7 @@ class UnknownModelError(ClipperError, KeyError):
 class AlreadyExistsError(ClipperError):
     """An application name, or a model version, is already taken."""
 
-    def __init__(self, message: str, *, name: str):
+    def __init__(self, message: str, *, name: str | None = None):
         super().__init__(message)
         self.name = name
 

@@ -15,10 +15,12 @@ INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings", "any")
 
 _ALIASES = {
     "integers": "integers", "integer": "integers", "ints": "integers", "int": "integers",
-    "floats": "floats", "float": "floats",
-    "doubles": "doubles", "double": "doubles",
-    "bytes": "bytes", "byte": "bytes",
+    "i": "integers",
+    "floats": "floats", "float": "floats", "f": "floats",
+    "doubles": "doubles", "double": "doubles", "d": "doubles",
+    "bytes": "bytes", "byte": "bytes", "b": "bytes",
     "strings": "strings", "string": "strings", "strs": "strings", "str": "strings",
+    "s": "strings",
     "any": "any",
 }  # fmt: skip
 
@@ -106,6 +108,8 @@ def _numeric_validator(input_type: str) -> Validator:
     dtype, kinds = _NUMERIC[input_type]
 
     def validate(x: Any, app: str) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.dtype.kind == "O" and x.ndim == 1:
+            x = x.tolist()  # Python objects in an array: check them as a list's
         if isinstance(x, np.ndarray):
             arr = x
             from_list = False
@@ -113,7 +117,7 @@ def _numeric_validator(input_type: str) -> Validator:
             from_list = True
             try:
                 arr = np.asarray(x)
-            except (ValueError, TypeError, OverflowError, RecursionError):
+            except Exception:  # ragged, hostile __array__, too deep: name what was wrong
                 raise _invalid(app, input_type, _why(x, input_type)) from None
         else:
             raise _invalid(

@@ -52,6 +52,8 @@ class ModelVersion:
         self.hang_after = hang_timeout
         self.version = version
         self.version_key = str(version)
+        #: Tells apart two deployments of one version (set by the Clipper).
+        self.deployment = 0
         self.input_type = input_type
         self.func = func
         self.backend = backend
@@ -79,6 +81,7 @@ class ModelVersion:
         self.clock = clock
         self.slo = UNLINKED_SLO
         self._watchdog: asyncio.Task[None] | None = None
+        self._scaling = asyncio.Lock()
         self._retiring: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]] = []
 
     def __repr__(self) -> str:
@@ -120,10 +123,30 @@ class ModelVersion:
             self.abandoned += 1
 
     def _on_replica_exit(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "clipperlite: replica %s failed", task.get_name(), exc_info=task.exception()
-            )
+        entry = next((e for e in self._replicas if e[2] is task), None)
+        if entry is None or self.stopped:
+            return  # retired on purpose
+        # A serve loop ended on its own (a bug, or a model's stray CancelledError before
+        # Python 3.11): take it out of service and start another, so nobody waits on it.
+        error = None if task.cancelled() else task.exception()
+        logger.error("clipperlite: replica %s ended; replacing it", task.get_name(), exc_info=error)
+        self._replicas.remove(entry)
+        if entry[1] in self.batcher.replicas:
+            self.batcher.replicas.remove(entry[1])
+        self._retiring.append(entry)
+        self.replaced += 1
+        task.get_loop().create_task(
+            self._restart(entry), name=f"clipperlite:{self.name}:{self.version}:restart"
+        )
+
+    async def _restart(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
+        async with self._scaling:
+            if not self.stopped:
+                await self._add_replica()
+        if entry in self._retiring:
+            self._retiring.remove(entry)
+            if not await entry[0].stop(0.0):
+                self.abandoned += 1
 
     async def _watch(self) -> None:
         """Replace replicas stuck in one batch far past every deadline it could serve."""
@@ -154,7 +177,9 @@ class ModelVersion:
         self.replaced += 1
         self._retiring.append(entry)  # stop() finishes the job if this is cancelled
         try:
-            await self._add_replica()  # before the old one leaves, so the model never has none
+            async with self._scaling:
+                if not self.stopped:
+                    await self._add_replica()  # before the old one leaves: never none
         finally:
             if slot in self.batcher.replicas:
                 self.batcher.replicas.remove(slot)
@@ -166,23 +191,30 @@ class ModelVersion:
                 self.abandoned += 1
 
     async def set_num_replicas(self, n: int, grace: float) -> None:
-        """Start or stop replicas until `n` run; with 0, queued queries get the default at once."""
-        if self._watchdog is None and not self.stopped:
-            self._watchdog = asyncio.get_running_loop().create_task(
-                self._watch(), name=f"clipperlite:{self.name}:{self.version}:watchdog"
-            )
-        while len(self._replicas) < n:
-            await self._add_replica()
-        doomed = self._replicas[n:]
-        del self._replicas[n:]
-        for _, slot, _ in doomed:
-            slot.stopping = True
-        for _, slot, _ in doomed:
-            self.batcher.replicas.remove(slot)
-        self.batcher.wake_all()
-        if n == 0:
-            self.batcher.fail_queued(Failure(Cause.NO_REPLICA, "has no running replica"))
-        await self._retire(doomed, grace)
+        """Start or stop replicas until `n` run; with 0, queued queries get the default at once.
+
+        Calls are applied one at a time, and a version stopped meanwhile starts nothing.
+        """
+        async with self._scaling:
+            if self.stopped:
+                return
+            if self._watchdog is None:
+                self._watchdog = asyncio.get_running_loop().create_task(
+                    self._watch(), name=f"clipperlite:{self.name}:{self.version}:watchdog"
+                )
+            while len(self._replicas) < n and not self.stopped:
+                await self._add_replica()
+            if self.stopped:
+                return  # stop() retires whatever was started
+            doomed = self._replicas[n:]
+            del self._replicas[n:]
+            for _, slot, _ in doomed:
+                slot.stopping = True
+                self.batcher.replicas.remove(slot)
+            self.batcher.wake_all()
+            if n == 0:
+                self.batcher.fail_queued(Failure(Cause.NO_REPLICA, "has no running replica"))
+            await self._retire(doomed, grace)
 
     async def _retire(
         self, doomed: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]], grace: float
@@ -191,8 +223,12 @@ class ModelVersion:
             return
         tasks = [t for _, _, t in doomed]
         _done, pending = await asyncio.wait(tasks, timeout=grace)
-        for t in pending:
-            t.cancel()
+        scaled = Failure(Cause.NO_REPLICA, "had its replica stopped (scaled down) mid-batch")
+        for _, slot, task in doomed:
+            if task in pending:
+                for q in slot.batch or ():
+                    q.resolve(scaled)
+                task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=0.1)
         results = await asyncio.gather(
@@ -207,6 +243,10 @@ class ModelVersion:
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.wait([self._watchdog])
+        async with self._scaling:  # a scaling call in progress notices `stopped` first
+            await self._stop(grace, failure)
+
+    async def _stop(self, grace: float, failure: Failure) -> None:
         batcher = self.batcher
         batcher.close()
         batcher.fail_queued(failure)
