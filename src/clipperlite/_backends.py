@@ -162,7 +162,11 @@ class ThreadReplica:
         if not self._exited.done() and self._force_stop():
             await asyncio.wait([self._exited], timeout=1.0)
         if self._exited.done():
-            thread.join(timeout=1.0)  # it has left its loop; this returns at once
+            # It has said goodbye and is returning; wait for that without blocking the loop.
+            for _ in range(200):
+                if not thread.is_alive():
+                    break
+                await asyncio.sleep(0.005)
         if thread.is_alive():
             logger.warning(
                 "clipperlite: replica thread %r is stuck in its model call; abandoning it",
