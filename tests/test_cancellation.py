@@ -241,7 +241,7 @@ async def test_cancelled_deploy_leaves_no_worker_behind() -> None:
     """Cancelling deploy_model while workers start leaves no model, thread or process behind."""
     before = set(worker_processes())
     async with Clipper() as clipper:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # builtin TimeoutError from 3.11 on
             await asyncio.wait_for(
                 clipper.deploy_model(
                     "p", 1, "doubles", sync_model(0.001), backend="process", num_replicas=2

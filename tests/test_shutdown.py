@@ -198,7 +198,7 @@ async def test_stop_before_start() -> None:
 async def test_stop_after_a_cancelled_stop_waits_for_the_shutdown() -> None:
     """After a cancelled stop(), a later stop() returns only when the shutdown is complete."""
     clipper, tasks = await loaded("thread", 0.5, replicas=1, queued=3)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # builtin TimeoutError from 3.11 on
         await asyncio.wait_for(clipper.stop(), 0.05)
     await clipper.stop()
     assert all(t.done() for t in tasks)

@@ -28,6 +28,9 @@ logger = logging.getLogger("clipperlite")
 
 BACKENDS = ("thread", "process", "async")
 
+#: Task.cancelling() (Python 3.11+) tells our cancellation from a model's own CancelledError.
+_CAN_TELL_CANCELLING = hasattr(asyncio.Task, "cancelling")
+
 
 class Replica(Protocol):
     """One running copy of a model."""
@@ -187,6 +190,8 @@ class AsyncReplica:
         return None
 
     async def run_batch(self, xs: list[Any]) -> Any:
+        if not _CAN_TELL_CANCELLING:
+            return await self._run_apart(xs)
         try:
             result = self.func(xs)
             if inspect.isawaitable(result):
@@ -194,14 +199,38 @@ class AsyncReplica:
         except Exception:
             raise
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            cancelling = getattr(task, "cancelling", None)
-            if cancelling is None or cancelling():
-                raise  # we are being cancelled (or cannot tell, before Python 3.11)
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # we are being cancelled
             raise _as_model_error(exc) from exc  # the model raised it on its own
         except BaseException as exc:  # a model's SystemExit must not end the loop
             raise _as_model_error(exc) from exc
         return result
+
+    async def _run_apart(self, xs: list[Any]) -> Any:
+        """Before Python 3.11 a task cannot tell its own cancellation from a model's stray
+        CancelledError, so the model runs in a task of its own (one per batch)."""
+
+        async def call() -> Any:
+            try:
+                result = self.func(xs)
+                return await result if inspect.isawaitable(result) else result
+            except (Exception, asyncio.CancelledError):
+                raise
+            except BaseException as exc:  # a task would let SystemExit out of the loop
+                raise _as_model_error(exc) from exc
+
+        inner = asyncio.ensure_future(call())
+        try:
+            await asyncio.wait([inner])
+        except asyncio.CancelledError:
+            inner.cancel()  # we are being cancelled: so is the model
+            raise
+        if inner.cancelled():
+            raise RuntimeError("the model raised CancelledError")
+        exc = inner.exception()
+        if exc is not None:
+            raise _as_model_error(exc) from exc
+        return inner.result()
 
     async def stop(self, grace: float) -> bool:
         return True
