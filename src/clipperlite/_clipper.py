@@ -129,7 +129,8 @@ class Clipper:
     Configuration is keyword-only. `cache_size` is the number of cached predictions
     (LRU, 0 turns caching off); `shutdown_grace_s` bounds how long `stop()` lets
     running batches finish; a replica still in one batch `hang_timeout_s` after the
-    last deadline of its queries is replaced; `seed` seeds the selection policies.
+    last deadline of its queries is replaced; `seed` seeds the policies made by name
+    (`policy="exp3"`); a policy object brings its own generator.
     """
 
     def __init__(
@@ -233,7 +234,7 @@ class Clipper:
         name: str,
         input_type: str,
         default_output: Any,
-        slo_micros: int,
+        slo_micros: float,
         *,
         policy: str | SelectionPolicy = "exp3",
         min_confidence: float | None = None,
@@ -531,7 +532,7 @@ class Clipper:
         *,
         default_output: Any = None,
         version: int | str = 1,
-        slo_micros: int = 3_000_000,
+        slo_micros: float = 3_000_000,
         **deploy_options: Any,
     ) -> None:
         """Register an app, deploy a model and link them, all under `name`; all or nothing."""

@@ -26,7 +26,11 @@ class Prediction:
 
 
 class Cause(str, enum.Enum):
-    """Why a query was answered with its app's default output (the keys of `metrics()`)."""
+    """Why a query was answered with its app's default output (the keys of `metrics()`).
+
+    CANCELLED is internal: a query nobody waits for any more is dropped, and counted
+    only in its model's `cancelled_in_queue`.
+    """
 
     NO_MODEL = "no_model"
     NO_REPLICA = "no_replica"
