@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from clipperlite import (
     AlreadyExistsError,
     Clipper,
+    ClipperClosedError,
     ClipperError,
     Exp4,
     InvalidInputError,
@@ -19,7 +21,7 @@ from clipperlite import (
     UnknownModelError,
 )
 from clipperlite import testing as fake
-from helpers import app_stats, clipperlite_threads, first
+from helpers import app_stats, clipperlite_threads, eventually, first, worker_processes
 
 pytestmark = pytest.mark.anyio
 
@@ -204,3 +206,83 @@ def test_errors_survive_pickling_with_their_attributes(error: Exception) -> None
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.__dict__ == error.__dict__
+
+
+class _SlowToLoad:
+    """A model whose loading in a worker process takes 30 s (a hung model load)."""
+
+    def __call__(self, xs: list[Any]) -> list[Any]:
+        return xs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import time
+
+        return (time.sleep, (30,))
+
+
+async def test_stop_is_bounded_while_a_replica_is_still_loading() -> None:
+    """stop() during a deployment whose worker never finishes loading returns within the
+    grace period; the deployment fails with ClipperClosedError and no worker is left."""
+    clipper = await Clipper(shutdown_grace_s=0.3).start()
+    deploy = asyncio.create_task(
+        clipper.deploy_model("m", 1, "doubles", _SlowToLoad(), backend="process")
+    )
+    await asyncio.sleep(0.3)
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(clipper.stop(), 5)
+    assert asyncio.get_running_loop().time() - started < 0.3 + 1.5
+    with pytest.raises(ClipperClosedError):
+        await deploy
+    assert await eventually(lambda: not worker_processes() and not clipperlite_threads())
+
+
+async def test_stop_waits_for_a_concurrent_stop_model() -> None:
+    """stop() while stop_model() is letting a batch finish: stop() returns only when that
+    version's replicas are gone, and the running query gets its answer."""
+    clipper = await Clipper(shutdown_grace_s=3.0).start()
+    await clipper.create_endpoint(
+        "a", "doubles", fake.slow(0.5, fake.constant(7.0)), slo_micros=5_000_000
+    )
+    query = asyncio.create_task(clipper.predict("a", [1.0]))
+    await asyncio.sleep(0.1)
+    stopping = asyncio.create_task(clipper.stop_model("a"))
+    await asyncio.sleep(0)
+    await clipper.stop()
+    assert clipperlite_threads() == []
+    await stopping
+    assert (await query).output == 7.0
+
+
+async def test_scaling_down_past_a_hung_replica_abandons_only_that_one() -> None:
+    """set_num_replicas(0) with one replica hung: only the hung thread is counted as
+    abandoned; the idle ones stop cleanly."""
+    release = threading.Event()
+    try:
+        async with Clipper(shutdown_grace_s=0.3) as clipper:
+            await clipper.create_endpoint(
+                "a", "doubles", fake.hang(release), num_replicas=4, batch_size=1
+            )
+            query = asyncio.create_task(clipper.predict("a", [1.0]))
+            await asyncio.sleep(0.05)
+            await clipper.set_num_replicas("a", 0)
+            assert clipper.metrics()["models"]["a"]["1"]["abandoned_threads"] == 1
+            assert (await query).default
+    finally:
+        release.set()
+
+
+async def test_the_watchdog_does_not_overshoot_a_concurrent_scale_up() -> None:
+    """A hung replica replaced while set_num_replicas(4) runs: 4 replicas, not 5."""
+    release = threading.Event()
+    try:
+        async with Clipper(hang_timeout_s=0.2, shutdown_grace_s=0.3) as clipper:
+            await clipper.create_endpoint(
+                "a", "doubles", fake.hang(release), default_output=-1.0, slo_micros=50_000
+            )
+            assert (await clipper.predict("a", [1.0])).default
+            await clipper.set_num_replicas("a", 4)
+            await asyncio.sleep(0.6)  # the watchdog has replaced the hung one by now
+            assert clipper.metrics()["models"]["a"]["1"]["replaced_replicas"] >= 1
+            assert clipper.get_num_replicas("a") == 4
+    finally:
+        release.set()

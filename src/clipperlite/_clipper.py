@@ -153,6 +153,7 @@ class Clipper:
             raise ClipperError(f"seed must be None or a non-negative int, got {seed!r}") from exc
         self._deploying: dict[tuple[str, str], ModelVersion] = {}
         self._deployments = itertools.count()
+        self._retiring: set[ModelVersion] = set()
         self._apps: dict[str, _App] = {}
         self._models: dict[str, _Model] = {}
         self._ids = itertools.count()
@@ -200,6 +201,7 @@ class Clipper:
         failure = Failure(Cause.SHUTDOWN, "the Clipper is shutting down")
         versions = [v for m in self._models.values() for v in m.versions.values()]
         versions += self._deploying.values()  # their deploy_model raises ClipperClosedError
+        versions += self._retiring  # being stopped by stop_model: a second stop() waits
         await asyncio.gather(*(v.stop(self._grace, failure) for v in versions))
         if self._timer is not None:
             self._timer.expire_all()
@@ -468,6 +470,10 @@ class Clipper:
             except BaseException as exc:
                 await asyncio.shield(mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy")))
                 if isinstance(exc, Exception):
+                    if self._state is not _State.RUNNING:
+                        raise ClipperClosedError(
+                            f"cannot deploy model {name!r}: the Clipper stopped meanwhile"
+                        ) from exc
                     raise ClipperError(
                         f"deploying model {name!r} version {version!r} failed: {exc}"
                     ) from exc
@@ -519,9 +525,13 @@ class Clipper:
             del self._models[name]
         for mv in stopping:
             self._cache.drop(lambda k, key=mv.version_key: k[0] == name and k[1] == key)
-        await asyncio.gather(
-            *(mv.stop(self._grace, Failure(Cause.NO_REPLICA, "was stopped")) for mv in stopping)
-        )
+        self._retiring.update(stopping)  # stop() waits for these too
+        try:
+            await asyncio.gather(
+                *(mv.stop(self._grace, Failure(Cause.NO_REPLICA, "was stopped")) for mv in stopping)
+            )
+        finally:
+            self._retiring.difference_update(stopping)
         self._abandoned += sum(mv.abandoned for mv in stopping)
 
     async def create_endpoint(

@@ -82,6 +82,10 @@ class ModelVersion:
         self.slo = UNLINKED_SLO
         self._watchdog: asyncio.Task[None] | None = None
         self._scaling = asyncio.Lock()
+        self._wanted = 0
+        self._starting: set[Replica] = set()
+        self._chores: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Task[None] | None = None
         self._retiring: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]] = []
 
     def __repr__(self) -> str:
@@ -104,14 +108,21 @@ class ModelVersion:
         return self.batcher.submit(q)
 
     async def _add_replica(self) -> None:
+        """Start one replica and put it in service (unless the version stopped meanwhile)."""
         self._serial += 1
         name = f"clipperlite:{self.name}:{self.version}:{self._serial}"
         replica = make_replica(self.backend, self.func, name)
+        self._starting.add(replica)
         try:
             await replica.start()
         except BaseException:  # failed or cancelled: its thread or process must not linger
             await asyncio.shield(self._discard(replica))
             raise
+        finally:
+            self._starting.discard(replica)
+        if self.stopped:  # stop() has come and gone while this one started
+            await self._discard(replica)
+            return
         slot = ReplicaSlot(replica.run_batch, name)
         self.batcher.replicas.append(slot)
         task = asyncio.get_running_loop().create_task(self.batcher.serve(slot), name=name)
@@ -122,30 +133,58 @@ class ModelVersion:
         if not await replica.stop(grace):
             self.abandoned += 1
 
+    async def _top_up(self) -> None:
+        """Under the scaling lock: start replicas until the wanted number run again."""
+        async with self._scaling:
+            try:
+                while not self.stopped and len(self._replicas) < self._wanted:
+                    await self._add_replica()
+            except Exception:
+                logger.exception("clipperlite: could not start a replica of %s", self)
+
     def _on_replica_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.stopped:
+            return  # we cancelled it (a stop, a scale-down, a replacement, loop teardown)
         entry = next((e for e in self._replicas if e[2] is task), None)
-        if entry is None or self.stopped:
-            return  # retired on purpose
-        # A serve loop ended on its own (a bug, or a model's stray CancelledError before
-        # Python 3.11): take it out of service and start another, so nobody waits on it.
-        error = None if task.cancelled() else task.exception()
-        logger.error("clipperlite: replica %s ended; replacing it", task.get_name(), exc_info=error)
+        if entry is None:
+            return
+        # A serve loop ended on its own (a bug): take it out of service and start another.
+        logger.error(
+            "clipperlite: replica %s ended; replacing it",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
         self._replicas.remove(entry)
         if entry[1] in self.batcher.replicas:
             self.batcher.replicas.remove(entry[1])
-        self._retiring.append(entry)
         self.replaced += 1
-        task.get_loop().create_task(
-            self._restart(entry), name=f"clipperlite:{self.name}:{self.version}:restart"
-        )
+        self._spawn(self._retire_one(entry, replace=True), "restart")
 
-    async def _restart(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
-        async with self._scaling:
-            if not self.stopped:
-                await self._add_replica()
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            coro, name=f"clipperlite:{self.name}:{self.version}:{what}"
+        )
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _retire_one(
+        self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]], *, replace: bool
+    ) -> None:
+        """Stop one replica taken out of service (stop() finishes this if cancelled),
+        first starting its replacement when asked to."""
+        replica, slot, task = entry
+        self._retiring.append(entry)
+        try:
+            if replace:
+                await self._top_up()  # before the old one leaves: never none
+        finally:
+            if slot in self.batcher.replicas:
+                self.batcher.replicas.remove(slot)
+            task.cancel()
+        clean = await replica.stop(0.0)
         if entry in self._retiring:
             self._retiring.remove(entry)
-            if not await entry[0].stop(0.0):
+            if not clean:
                 self.abandoned += 1
 
     async def _watch(self) -> None:
@@ -156,10 +195,10 @@ class ModelVersion:
             for entry in list(self._replicas):
                 batch = entry[1].batch
                 if batch and now - max(q.deadline for q in batch) > self.hang_after:
-                    await self._replace(entry)
+                    self._replace(entry)
 
-    async def _replace(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
-        replica, slot, task = entry
+    def _replace(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
+        slot = entry[1]
         if entry not in self._replicas:
             return
         logger.warning(
@@ -175,20 +214,7 @@ class ModelVersion:
         for q in slot.batch or ():
             q.resolve(hung)
         self.replaced += 1
-        self._retiring.append(entry)  # stop() finishes the job if this is cancelled
-        try:
-            async with self._scaling:
-                if not self.stopped:
-                    await self._add_replica()  # before the old one leaves: never none
-        finally:
-            if slot in self.batcher.replicas:
-                self.batcher.replicas.remove(slot)
-            task.cancel()
-        clean = await replica.stop(0.0)
-        if entry in self._retiring:
-            self._retiring.remove(entry)
-            if not clean:
-                self.abandoned += 1
+        self._spawn(self._retire_one(entry, replace=True), "replace")
 
     async def set_num_replicas(self, n: int, grace: float) -> None:
         """Start or stop replicas until `n` run; with 0, queued queries get the default at once.
@@ -198,6 +224,7 @@ class ModelVersion:
         async with self._scaling:
             if self.stopped:
                 return
+            self._wanted = n
             if self._watchdog is None:
                 self._watchdog = asyncio.get_running_loop().create_task(
                     self._watch(), name=f"clipperlite:{self.name}:{self.version}:watchdog"
@@ -214,6 +241,7 @@ class ModelVersion:
             self.batcher.wake_all()
             if n == 0:
                 self.batcher.fail_queued(Failure(Cause.NO_REPLICA, "has no running replica"))
+            self._retiring.extend(doomed)  # stop() takes over if it comes meanwhile
             await self._retire(doomed, grace)
 
     async def _retire(
@@ -231,42 +259,59 @@ class ModelVersion:
                 task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=0.1)
+        mine = [e for e in doomed if e in self._retiring]  # stop() may have taken the rest
+        for e in mine:
+            self._retiring.remove(e)
         results = await asyncio.gather(
-            *(r.stop(0.0 if pending else max(0.05, grace)) for r, _, _ in doomed)
+            *(r.stop(0.0 if t in pending else max(0.05, grace)) for r, _, t in mine)
         )
         self.abandoned += sum(1 for ok in results if not ok)
 
     async def stop(self, grace: float, failure: Failure) -> None:
         """Answer everything queued with `failure`, let running batches finish within
-        `grace` seconds, then stop every replica (abandoning any stuck in the model)."""
-        self.stopped = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.wait([self._watchdog])
-        async with self._scaling:  # a scaling call in progress notices `stopped` first
-            await self._stop(grace, failure)
+        `grace` seconds, then stop every replica (abandoning any stuck in the model).
+        Idempotent: a second call waits for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(
+                self._stop(grace, failure), name=f"clipperlite:{self.name}:{self.version}:stop"
+            )
+        await asyncio.shield(self._stopping)
 
     async def _stop(self, grace: float, failure: Failure) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        self.stopped = True
         batcher = self.batcher
         batcher.close()
         batcher.fail_queued(failure)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for chore in list(self._chores):
+            chore.cancel()
+        # Replicas still starting: give them until the grace period ends, then force them.
+        if self._starting:
+            for _ in range(int(grace / 0.01) + 1):
+                if not self._starting or loop.time() >= end:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*(r.stop(0.0) for r in list(self._starting)))
         doomed, self._replicas = self._replicas + self._retiring, []
         self._retiring = []
         for _, slot, _ in doomed:
             slot.stopping = True
-        loop = asyncio.get_running_loop()
-        end = loop.time() + grace
         tasks = [t for _, _, t in doomed]
         if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+            await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
         batcher.fail_running(failure)
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=0.1)
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.1)
         left = max(0.05, end - loop.time())
-        results = await asyncio.gather(*(r.stop(left) for r, _, _ in doomed))
+        results = await asyncio.gather(
+            *(r.stop(0.0 if t in pending else left) for r, _, t in doomed)
+        )
         self.abandoned += sum(1 for ok in results if not ok)
         batcher.replicas.clear()
 
