@@ -1,4 +1,7 @@
-"""The `Clipper`: tables of apps, models and links; lifecycle; predict and feedback."""
+"""The `Clipper`: configuration of apps, models and links; lifecycle; the public calls.
+
+The tables' records live in `_apps`, the path of a query in `_router`.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,24 @@ import copy
 import enum
 import itertools
 import logging
-import math
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from ._backends import BACKENDS, is_async_func
-from ._batching import DONE, Query
+from ._apps import (
+    App,
+    Deployment,
+    Model,
+    app_info,
+    app_metrics,
+    count,
+    positive,
+    version_info,
+    version_key,
+)
+from ._batching import Query
 from ._cache import PredictionCache
 from ._clock import MICROS, monotonic
 from ._errors import (
@@ -27,100 +38,19 @@ from ._errors import (
     UnknownApplicationError,
     UnknownModelError,
 )
-from ._inputs import KeyFunc, Validator, make_key_func, make_validator, normalize_input_type
 from ._model import UNLINKED_SLO, ModelVersion
-from ._selection import BUILTIN_POLICIES, SelectionPolicy
-from ._stats import LatencyHistogram
+from ._router import Router
+from ._selection import SelectionPolicy
 from ._timers import DeadlineTimer
 from ._types import Cause, Failure, Prediction
 
 logger = logging.getLogger("clipperlite")
-
-_MISS = PredictionCache.MISS
 
 
 class _State(enum.Enum):
     NOT_STARTED = "not started"
     RUNNING = "running"
     CLOSED = "closed"
-
-
-class _AppStats:
-    __slots__ = ("answered", "defaults", "latency", "queries")
-
-    def __init__(self) -> None:
-        self.queries = 0
-        self.answered = 0
-        self.defaults: dict[str, int] = {}
-        self.latency = LatencyHistogram()
-
-
-@dataclass(eq=False)
-class _App:
-    name: str
-    input_type: str
-    default_output: Any
-    slo_micros: float
-    slo_given: Any
-    policy: SelectionPolicy
-    policy_name: str
-    min_confidence: float | None
-    validate: Validator
-    key: KeyFunc
-    links: list[str] = field(default_factory=list)
-    state: Any = None
-    state_models: tuple[str, ...] = ()
-    stats: _AppStats = field(default_factory=_AppStats)
-
-    @property
-    def slo(self) -> float:
-        return self.slo_micros / MICROS
-
-
-@dataclass(eq=False)
-class _Model:
-    name: str
-    input_type: str
-    versions: dict[str, ModelVersion] = field(default_factory=dict)
-    current: str | None = None
-
-
-def _version_key(version: object) -> str:
-    if isinstance(version, bool) or not isinstance(version, int | str):
-        raise ClipperError(
-            f"a model version is an int or a str, got {version!r} ({type(version).__name__})"
-        )
-    key = str(version)
-    if not key.strip():
-        raise ClipperError("a model version must not be empty")
-    return key
-
-
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ClipperError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-        raise ClipperError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ClipperError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-_LATE = Failure(Cause.DEADLINE, "did not answer within the deadline")
-
-
-def _expire(fut: asyncio.Future[Any], failure: Failure) -> None:
-    if not fut.done():
-        fut.set_result(failure)
-
-
-def _set_none(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class Clipper:
@@ -145,8 +75,8 @@ class Clipper:
             self._cache: PredictionCache[Query] = PredictionCache(cache_size)
         except ValueError as exc:
             raise ClipperError(str(exc)) from None
-        self._grace = _positive("shutdown_grace_s", shutdown_grace_s, allow_zero=True)
-        self._hang = _positive("hang_timeout_s", hang_timeout_s)
+        self._grace = positive("shutdown_grace_s", shutdown_grace_s, allow_zero=True)
+        self._hang = positive("hang_timeout_s", hang_timeout_s)
         try:
             self._rng = np.random.default_rng(seed)
         except (TypeError, ValueError) as exc:
@@ -154,13 +84,14 @@ class Clipper:
         self._deploying: dict[tuple[str, str], ModelVersion] = {}
         self._deployments = itertools.count()
         self._retiring: set[ModelVersion] = set()
-        self._apps: dict[str, _App] = {}
-        self._models: dict[str, _Model] = {}
+        self._apps: dict[str, App] = {}
+        self._models: dict[str, Model] = {}
         self._ids = itertools.count()
         self._state = _State.NOT_STARTED
         self._clock = monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: DeadlineTimer | None = None
+        self._router: Router | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._abandoned = 0
 
@@ -177,6 +108,7 @@ class Clipper:
         self._loop = loop = asyncio.get_running_loop()
         self._clock = loop.time
         self._timer = DeadlineTimer(loop)
+        self._router = Router(self._cache, self._models, loop, self._timer)
         self._state = _State.RUNNING
         return self
 
@@ -243,48 +175,10 @@ class Clipper:
     ) -> None:
         """Register an app: its input type, the output to give when no model can answer in
         time, its latency objective in microseconds and how it picks among linked models."""
-        if not isinstance(name, str) or not name:
-            raise ClipperError(f"an application name is a non-empty str, got {name!r}")
-        if name in self._apps:
+        if isinstance(name, str) and name in self._apps:
             raise AlreadyExistsError(f"application {name!r} already exists", name=name)
-        itype = normalize_input_type(input_type)
-        slo = _positive("slo_micros", slo_micros)
-        if min_confidence is not None:
-            conf = _positive("min_confidence", min_confidence, allow_zero=True)
-            if conf > 1:
-                raise ClipperError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
-        pol, pol_name = self._make_policy(policy)
-        self._apps[name] = _App(
-            name=name,
-            input_type=itype,
-            default_output=default_output,
-            slo_micros=slo,
-            slo_given=slo_micros,
-            policy=pol,
-            policy_name=pol_name,
-            min_confidence=min_confidence,
-            validate=make_validator(itype),
-            key=make_key_func(itype),
-        )
-
-    def _make_policy(self, policy: object) -> tuple[SelectionPolicy, str]:
-        if isinstance(policy, str):
-            factory = BUILTIN_POLICIES.get(policy.lower())
-            if factory is None:
-                raise ClipperError(
-                    f"unknown policy {policy!r}: use 'exp3', 'exp4' or a SelectionPolicy object"
-                )
-            return factory(self._rng), policy.lower()
-        if isinstance(policy, type):
-            raise ClipperError(
-                f"policy must be an instance, not the class {policy.__name__}:"
-                f" pass {policy.__name__}() (or 'exp3' / 'exp4')"
-            )
-        if isinstance(policy, SelectionPolicy):
-            return policy, type(policy).__name__
-        raise ClipperError(
-            f"policy must be 'exp3', 'exp4' or an object with init_state, select, combine and"
-            f" observe methods; got {policy!r}"
+        self._apps[name] = App.check(
+            name, input_type, default_output, slo_micros, policy, min_confidence, self._rng
         )
 
     def delete_application(self, name: str) -> None:
@@ -294,7 +188,7 @@ class Clipper:
         for model in app.links:
             self._update_budget(model)
 
-    def _app(self, name: str) -> _App:
+    def _app(self, name: str) -> App:
         app = self._apps.get(name)
         if app is None:
             raise UnknownApplicationError(
@@ -314,8 +208,7 @@ class Clipper:
                 f" ({app.input_type}): an app and its models must have the same input type"
             )
         if model_name not in app.links:
-            app.links.append(model_name)
-            self._relinked(app, lambda: app.links.remove(model_name))
+            self._relink(app, (*app.links, model_name))
             self._update_budget(model_name)
 
     def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
@@ -324,31 +217,25 @@ class Clipper:
         if model_name not in app.links:
             raise ClipperError(
                 f"model {model_name!r} is not linked to app {app_name!r}"
-                f" (linked: {app.links or 'none'})"
+                f" (linked: {list(app.links) or 'none'})"
             )
-        index = app.links.index(model_name)
-        app.links.remove(model_name)
-        self._relinked(app, lambda: app.links.insert(index, model_name))
+        self._relink(app, tuple(m for m in app.links if m != model_name))
         self._update_budget(model_name)
 
-    def _relinked(self, app: _App, undo: Callable[[], None]) -> None:
-        if app.state is not None and app.links:
+    @staticmethod
+    def _relink(app: App, links: tuple[str, ...]) -> None:
+        """Give the app new links; a policy that has state re-initialises it at once, and
+        if it refuses, the links stay as they were."""
+        if app.state is not None and links:
             try:
-                state = app.policy.init_state(list(app.links), app.state)
+                state = app.policy.init_state(list(links), app.state)
             except Exception as exc:
-                undo()
                 raise ClipperError(
                     f"app {app.name!r}: policy {app.policy_name} init_state raised"
                     f" {type(exc).__name__}: {exc}; the link was not changed"
                 ) from exc
-            app.state = state
-            app.state_models = tuple(app.links)
-
-    def _policy_state(self, app: _App) -> Any:
-        if app.state is None or app.state_models != tuple(app.links):
-            app.state = app.policy.init_state(list(app.links), app.state)
-            app.state_models = tuple(app.links)
-        return app.state
+            app.state, app.state_links = state, links
+        app.links = links
 
     def _update_budget(self, model_name: str) -> None:
         model = self._models.get(model_name)
@@ -360,7 +247,7 @@ class Clipper:
             version.set_slo(slo)
 
     # -- models -----------------------------------------------------------------------
-    def _model(self, name: str) -> _Model:
+    def _model(self, name: str) -> Model:
         model = self._models.get(name)
         if model is None:
             raise UnknownModelError(
@@ -372,7 +259,7 @@ class Clipper:
 
     def _version(self, name: str, version: int | str | None) -> ModelVersion:
         model = self._model(name)
-        key = model.current if version is None else _version_key(version)
+        key = model.current if version is None else version_key(version)
         mv = model.versions.get(key) if key is not None else None
         if mv is None:
             raise UnknownModelError(
@@ -403,25 +290,18 @@ class Clipper:
         `batch_size=None` lets AIMD size batches; an int fixes the size.
         """
         self._require_running("deploy a model")
-        if not isinstance(name, str) or not name:
-            raise ClipperError(f"a model name is a non-empty str, got {name!r}")
-        vkey = _version_key(version)
-        itype = normalize_input_type(input_type)
-        if not callable(func):
-            raise ClipperError(f"func must be callable (a list of inputs -> outputs), got {func!r}")
-        replicas = _count("num_replicas", num_replicas, minimum=0)
-        if batch_size is not None:
-            batch_size = _count("batch_size", batch_size, minimum=1)
-        wait = _positive("batch_wait_micros", batch_wait_micros, allow_zero=True) / MICROS
-        queue_bound = _count("max_queue", max_queue, minimum=1)
-        kind = backend if backend is not None else ("async" if is_async_func(func) else "thread")
-        if kind not in BACKENDS:
-            raise ClipperError(
-                f"backend {kind!r} is not available in this build of clipperlite"
-                f" (available: {', '.join(BACKENDS)})"
-            )
-        if kind in ("thread", "process") and is_async_func(func):
-            raise ClipperError(f"model {name!r} is an async def: use backend='async'")
+        d = Deployment.check(
+            name,
+            version,
+            input_type,
+            func,
+            num_replicas=num_replicas,
+            batch_size=batch_size,
+            batch_wait_micros=batch_wait_micros,
+            max_queue=max_queue,
+            backend=backend,
+        )
+        vkey, itype = d.key, d.input_type
         for linked in self._apps.values():
             if name in linked.links and linked.input_type != itype:
                 raise ClipperError(
@@ -454,11 +334,11 @@ class Clipper:
             name,
             version,
             itype,
-            func,
-            backend=kind,
-            batch_size=batch_size,
-            batch_wait=wait,
-            max_queue=queue_bound,
+            d.func,
+            backend=d.backend,
+            batch_size=d.batch_size,
+            batch_wait=d.batch_wait,
+            max_queue=d.max_queue,
             hang_timeout=self._hang,
             clock=self._clock,
         )
@@ -466,7 +346,7 @@ class Clipper:
         self._deploying[name, vkey] = mv
         try:
             try:
-                await mv.set_num_replicas(replicas, self._grace)
+                await mv.set_num_replicas(d.num_replicas, self._grace)
             except BaseException as exc:
                 await asyncio.shield(mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy")))
                 if isinstance(exc, Exception):
@@ -485,8 +365,7 @@ class Clipper:
             del self._deploying[name, vkey]
         model = self._models.get(name)
         if model is None:
-            model = self._models[name] = _Model(name, itype)
-        self._cache.drop(lambda k: k[0] == name and k[1] == vkey)
+            model = self._models[name] = Model(name, itype)
         model.versions[vkey] = mv
         model.current = vkey
         self._update_budget(name)
@@ -501,7 +380,7 @@ class Clipper:
     ) -> None:
         """Scale a model version (the current one by default); 0 stops serving it."""
         self._require_running("change replicas")
-        n = _count("num_replicas", num_replicas, minimum=0)
+        n = count("num_replicas", num_replicas, minimum=0)
         mv = self._version(name, version)
         await mv.set_num_replicas(n, self._grace)
 
@@ -558,7 +437,7 @@ class Clipper:
         except BaseException:
             self._apps.pop(name, None)
             model = self._models.get(name)
-            if deployed and model is not None and _version_key(version) in model.versions:
+            if deployed and model is not None and version_key(version) in model.versions:
                 await asyncio.shield(self.stop_model(name, version))  # only what it made
             raise
 
@@ -572,8 +451,10 @@ class Clipper:
         if a is None:
             a = self._app(app)
         xv = a.validate(x, app)
-        slo = a.slo if slo_micros is None else _positive("slo_micros", slo_micros) / MICROS
-        return await self._answer(a, xv, next(self._ids), t0, t0 + slo)
+        slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
+        return await self._router.answer(  # type: ignore[union-attr]
+            a, xv, next(self._ids), t0, t0 + slo
+        )
 
     async def predict_batch(
         self, app: str, xs: Sequence[Any], *, slo_micros: float | None = None
@@ -592,214 +473,15 @@ class Clipper:
             raise InvalidInputError(
                 f"input {len(validated)} of the batch: {exc}", app=app, input_type=a.input_type
             ) from None
-        slo = a.slo if slo_micros is None else _positive("slo_micros", slo_micros) / MICROS
+        slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
         deadline = t0 + slo
         ids = [next(self._ids) for _ in validated]
+        answer = self._router.answer  # type: ignore[union-attr]
         return list(
             await asyncio.gather(
-                *(
-                    self._answer(a, xv, i, t0, deadline)
-                    for xv, i in zip(validated, ids, strict=True)
-                )
+                *(answer(a, xv, i, t0, deadline) for xv, i in zip(validated, ids, strict=True))
             )
         )
-
-    def _finish(
-        self, a: _App, qid: int, t0: float, output: Any, models: int, confidence: float
-    ) -> Prediction:
-        latency = (self._clock() - t0) * MICROS
-        stats = a.stats
-        stats.queries += 1
-        stats.answered += 1
-        stats.latency.record(latency)
-        return Prediction(qid, output, False, None, models, confidence, latency)
-
-    def _default(
-        self,
-        a: _App,
-        qid: int,
-        t0: float,
-        cause: Cause,
-        explanation: str,
-        models: int = 0,
-        confidence: float = 0.0,
-    ) -> Prediction:
-        latency = (self._clock() - t0) * MICROS
-        stats = a.stats
-        stats.queries += 1
-        stats.defaults[cause.value] = stats.defaults.get(cause.value, 0) + 1
-        stats.latency.record(latency)
-        return Prediction(
-            qid, a.default_output, True, explanation, models, confidence, latency, cause.value
-        )
-
-    def _explain(
-        self, a: _App, name: str, mv: ModelVersion | None, failure: Failure, slo: float
-    ) -> str:
-        model = f"model {name!r}" if mv is None else f"model {name!r} (version {mv.version!r})"
-        if failure.cause is Cause.DEADLINE:
-            return (
-                f"app {a.name!r}: {model} did not answer within the deadline"
-                f" ({slo * MICROS:.0f} µs)"
-            )
-        if failure.cause is Cause.SHUTDOWN:
-            return f"app {a.name!r}: the Clipper is shutting down (query for {model} not answered)"
-        return f"app {a.name!r}: {model} {failure.detail}"
-
-    def _start(
-        self, a: _App, name: str, xv: Any, key: Hashable | None, now: float, deadline: float
-    ) -> tuple[Any, ModelVersion | None]:
-        """Begin getting `name`'s output for xv: the output, a Failure, or a future to await."""
-        model = self._models.get(name)
-        mv = model.versions.get(model.current) if model is not None and model.current else None
-        if mv is None:
-            return Failure(Cause.NO_REPLICA, "is not deployed"), None
-        ck = None
-        cache = self._cache
-        if key is not None and cache.enabled:
-            # The deployment's serial too: a batch of a stopped deployment finishing late
-            # must not answer for a new deployment of the same version.
-            ck = (name, mv.version_key, mv.deployment, key)
-            out = cache.get(ck)
-            if out is not _MISS:
-                mv.cache_hits += 1
-                return out, mv
-            mv.cache_misses += 1
-            q = cache.pending(ck)
-            if q is not None and q.state != DONE and q.deadline > now:
-                fut = self._loop.create_future()  # type: ignore[union-attr]
-                q.waiters.append(fut)
-                mv.batcher.queue.reschedule(q, deadline)
-                return fut, mv
-        q = Query(xv, deadline, now, self._settle if ck is not None else None, ck)
-        fut = self._loop.create_future()  # type: ignore[union-attr]
-        q.waiters.append(fut)
-        failure = mv.submit(q)
-        if failure is not None:
-            return failure, mv
-        if ck is not None:
-            cache.begin(ck, q)
-        return fut, mv
-
-    def _settle(self, q: Query, outcome: Any) -> None:
-        cache = self._cache
-        cache.end(q.key, q)
-        if not isinstance(outcome, Failure):
-            cache.put(q.key, outcome)
-
-    async def _answer(self, a: _App, xv: Any, qid: int, t0: float, deadline: float) -> Prediction:
-        if not a.links:
-            return self._default(a, qid, t0, Cause.NO_MODEL, f"app {a.name!r} has no linked model")
-        policy = a.policy
-        try:
-            state = self._policy_state(a)
-            chosen = policy.select(state, xv)
-            if (len(chosen) != 1 or chosen[0] not in a.links) and (
-                not chosen or any(m not in a.links for m in chosen)
-            ):
-                raise ClipperError(f"selected {chosen!r}, but the linked models are {a.links!r}")
-        except Exception as exc:
-            return self._default(
-                a,
-                qid,
-                t0,
-                Cause.POLICY_ERROR,
-                f"app {a.name!r}: policy {a.policy_name} raised {type(exc).__name__}: {exc}",
-            )
-        now = self._clock()
-        key = a.key(xv) if self._cache.enabled else None
-        outputs, failures = await self._gather(a, chosen, xv, key, now, deadline)
-        if not outputs:
-            name, mv, failure = failures[0]
-            return self._default(
-                a, qid, t0, failure.cause, self._explain(a, name, mv, failure, deadline - t0)
-            )
-        try:
-            answer, confidence = policy.combine(state, xv, outputs)
-            confidence = float(confidence)
-            if not 0.0 <= confidence <= 1.0:
-                raise ValueError(f"confidence {confidence!r} is not in [0, 1]")
-        except Exception as exc:
-            return self._default(
-                a,
-                qid,
-                t0,
-                Cause.POLICY_ERROR,
-                f"app {a.name!r}: policy {a.policy_name} combine raised"
-                f" {type(exc).__name__}: {exc}",
-                len(outputs),
-            )
-        if a.min_confidence is not None and confidence < a.min_confidence:
-            return self._default(
-                a,
-                qid,
-                t0,
-                Cause.LOW_CONFIDENCE,
-                f"app {a.name!r}: confidence {confidence:.3f} of the answer from"
-                f" {', '.join(map(repr, outputs))} is below min_confidence {a.min_confidence}",
-                len(outputs),
-                confidence,
-            )
-        return self._finish(a, qid, t0, answer, len(outputs), confidence)
-
-    async def _gather(
-        self, a: _App, chosen: list[str], xv: Any, key: Hashable | None, now: float, deadline: float
-    ) -> tuple[dict[str, Any], list[tuple[str, ModelVersion | None, Failure]]]:
-        """Outputs of the chosen models that arrive by the deadline, and why the rest did not."""
-        timer = self._timer
-        assert timer is not None
-        if len(chosen) == 1:  # the common case (Exp3), kept lean
-            name = chosen[0]
-            got, mv = self._start(a, name, xv, key, now, deadline)
-            if isinstance(got, asyncio.Future):
-                timer.add(deadline, got, _LATE)
-                got = await got
-            if isinstance(got, Failure):
-                return {}, [(name, mv, got)]
-            return {name: got}, []
-        outputs: dict[str, Any] = {}
-        failures: list[tuple[str, ModelVersion | None, Failure]] = []
-        waiting: list[tuple[str, ModelVersion | None, asyncio.Future[Any]]] = []
-        for name in chosen:
-            got, mv = self._start(a, name, xv, key, now, deadline)
-            if isinstance(got, asyncio.Future):
-                waiting.append((name, mv, got))
-            elif isinstance(got, Failure):
-                failures.append((name, mv, got))
-            else:
-                outputs[name] = got
-        if waiting:
-            await self._wait_all([f for _, _, f in waiting], deadline)
-            for name, mv, fut in waiting:
-                result = fut.result()
-                if isinstance(result, Failure):
-                    failures.append((name, mv, result))
-                else:
-                    outputs[name] = result
-        return outputs, failures
-
-    async def _wait_all(self, futs: list[asyncio.Future[Any]], deadline: float) -> None:
-        """Wait until every future is done or the deadline passes; stragglers then get
-        the deadline failure, which also tells their queries that we stopped waiting."""
-        loop = self._loop
-        assert loop is not None and self._timer is not None
-        everyone: asyncio.Future[Any] = loop.create_future()
-        left = [len(futs)]
-
-        def one_done(_: asyncio.Future[Any]) -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                _set_none(everyone)
-
-        for f in futs:
-            f.add_done_callback(one_done)
-        self._timer.add(deadline, everyone, None)
-        try:
-            await everyone
-        finally:
-            for f in futs:
-                f.remove_done_callback(one_done)
-                _expire(f, _LATE)
 
     async def feedback(self, app: str, x: Any, y: Any) -> None:
         """Tell the app's policy the right answer for x, so its weights move toward the
@@ -810,23 +492,21 @@ class Clipper:
         xv = a.validate(x, app)
         if not a.links:
             return
+        router = self._router
+        assert router is not None
         try:
-            chosen = a.policy.select(self._policy_state(a), xv)
-            if not chosen or any(m not in a.links for m in chosen):
-                raise ClipperError(f"selected {chosen!r}, but the linked models are {a.links!r}")
+            chosen = router.select(a, xv)
         except Exception as exc:
             raise ClipperError(
                 f"app {app!r}: policy {a.policy_name} select raised {type(exc).__name__}: {exc}"
             ) from exc
-        key = a.key(xv) if self._cache.enabled else None
-        outputs, _ = await self._gather(a, chosen, xv, key, self._clock(), t0 + a.slo)
+        outputs, _ = await router.outputs(a, chosen, xv, t0 + a.slo)
         # The links may have changed while the outputs were computed.
         outputs = {m: out for m, out in outputs.items() if m in a.links}
         if not outputs or self._apps.get(app) is not a:
             return
         try:
-            state = self._policy_state(a)
-            a.state = a.policy.observe(state, xv, y, outputs)
+            a.state = a.policy.observe(a.policy_state(), xv, y, outputs)
         except Exception as exc:
             raise ClipperError(
                 f"app {app!r}: policy {a.policy_name} observe raised {type(exc).__name__}: {exc}"
@@ -839,7 +519,7 @@ class Clipper:
         app = self._app(app_name)
         if not app.links:
             return None
-        return copy.deepcopy(self._policy_state(app))
+        return copy.deepcopy(app.policy_state())
 
     def set_policy_state(self, app_name: str, state: Any) -> None:
         """Restore a state from `get_policy_state` (checked: it may name only linked models)."""
@@ -857,8 +537,7 @@ class Clipper:
             raise ClipperError(
                 f"cannot restore the policy state of app {app_name!r}: {exc}"
             ) from exc
-        app.state = restored
-        app.state_models = tuple(app.links)
+        app.state, app.state_links = restored, app.links
 
     # -- reading state ------------------------------------------------------------------
     def get_all_apps(self, *, verbose: bool = False) -> list[Any]:
@@ -868,16 +547,7 @@ class Clipper:
 
     def get_app_info(self, name: str) -> dict[str, Any]:
         """An app's configuration as plain values."""
-        a = self._app(name)
-        return {
-            "name": a.name,
-            "input_type": a.input_type,
-            "default_output": a.default_output,
-            "slo_micros": a.slo_given,
-            "policy": a.policy_name,
-            "min_confidence": a.min_confidence,
-            "linked_models": list(a.links),
-        }
+        return app_info(self._app(name))
 
     def get_linked_models(self, app_name: str) -> list[str]:
         """The models linked to an app, in the order they were linked."""
@@ -889,7 +559,7 @@ class Clipper:
         if not verbose:
             return names
         return [
-            self._version_info(self._models[n], mv)
+            version_info(self._models[n], mv, self._apps)
             for n in names
             for mv in self._models[n].versions.values()
         ]
@@ -897,22 +567,7 @@ class Clipper:
     def get_model_info(self, name: str, version: int | str | None = None) -> dict[str, Any]:
         """One model version's configuration and state (the current version by default)."""
         mv = self._version(name, version)
-        return self._version_info(self._models[name], mv)
-
-    def _version_info(self, model: _Model, mv: ModelVersion) -> dict[str, Any]:
-        return {
-            "name": mv.name,
-            "version": mv.version,
-            "input_type": mv.input_type,
-            "is_current": model.current == mv.version_key,
-            "backend": mv.backend,
-            "num_replicas": mv.num_replicas,
-            "batch_size": mv.batch_size,
-            "max_batch_size": mv.sizer.max_batch,
-            "batch_wait_micros": mv.batch_wait * MICROS,
-            "max_queue": mv.batcher.max_queue,
-            "linked_apps": sorted(a.name for a in self._apps.values() if mv.name in a.links),
-        }
+        return version_info(self._models[name], mv, self._apps)
 
     def get_current_model_version(self, name: str) -> int | str:
         """The version queries to this model go to, as it was first given."""
@@ -924,22 +579,7 @@ class Clipper:
 
     def metrics(self) -> dict[str, Any]:
         """A snapshot of counters and latencies, as plain JSON-able values."""
-        apps = {}
-        for a in self._apps.values():
-            s = a.stats
-            h = s.latency
-            apps[a.name] = {
-                "queries": s.queries,
-                "answered": s.answered,
-                "defaults": dict(s.defaults),
-                "defaults_total": sum(s.defaults.values()),
-                "latency_micros": {
-                    "p50": h.percentile(50),
-                    "p99": h.percentile(99),
-                    "mean": h.mean,
-                    "max": h.max if h.count else None,
-                },
-            }
+        apps = {a.name: app_metrics(a) for a in self._apps.values()}
         models: dict[str, dict[str, Any]] = {}
         for m in self._models.values():
             models[m.name] = {

@@ -1,0 +1,244 @@
+"""The path of one query: the policy's choice, the cache, the model's batcher, the
+deadline, the combined answer; every answer counted in its app's statistics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Any
+
+from ._apps import App, Model
+from ._batching import DONE, Query
+from ._cache import PredictionCache
+from ._clock import MICROS
+from ._errors import ClipperError
+from ._model import ModelVersion
+from ._timers import DeadlineTimer
+from ._types import Cause, Failure, Prediction
+
+_MISS = PredictionCache.MISS
+_LATE = Failure(Cause.DEADLINE, "did not answer within the deadline")
+
+#: Why a chosen model gave no output: (model name, its current version if any, failure).
+Miss = tuple[str, ModelVersion | None, Failure]
+
+
+def _expire(fut: asyncio.Future[Any], failure: Failure) -> None:
+    if not fut.done():
+        fut.set_result(failure)
+
+
+def _set_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Router:
+    """Answers queries against the Clipper's tables, cache and deadline timer."""
+
+    def __init__(
+        self,
+        cache: PredictionCache[Query],
+        models: dict[str, Model],
+        loop: asyncio.AbstractEventLoop,
+        timer: DeadlineTimer,
+    ) -> None:
+        self._cache = cache
+        self._models = models
+        self._loop = loop
+        self._timer = timer
+        self.clock = loop.time
+
+    @staticmethod
+    def select(a: App, xv: Any) -> list[str]:
+        """The linked models the app's policy picks for xv (raises if it misbehaves)."""
+        chosen = a.policy.select(a.policy_state(), xv)
+        if (len(chosen) != 1 or chosen[0] not in a.links) and (
+            not chosen or any(m not in a.links for m in chosen)
+        ):
+            raise ClipperError(f"selected {chosen!r}, but the linked models are {list(a.links)!r}")
+        return chosen
+
+    async def answer(self, a: App, xv: Any, qid: int, t0: float, deadline: float) -> Prediction:
+        """One query of app `a` on validated input xv, answered by `deadline`."""
+        if not a.links:
+            return self._default(a, qid, t0, Cause.NO_MODEL, f"app {a.name!r} has no linked model")
+        policy = a.policy
+        try:
+            chosen = self.select(a, xv)
+            state = a.state
+        except Exception as exc:
+            return self._default(
+                a,
+                qid,
+                t0,
+                Cause.POLICY_ERROR,
+                f"app {a.name!r}: policy {a.policy_name} raised {type(exc).__name__}: {exc}",
+            )
+        outputs, misses = await self.outputs(a, chosen, xv, deadline)
+        if not outputs:
+            name, mv, failure = misses[0]
+            return self._default(
+                a, qid, t0, failure.cause, self._explain(a, name, mv, failure, deadline - t0)
+            )
+        try:
+            answer, confidence = policy.combine(state, xv, outputs)
+            confidence = float(confidence)
+            if not 0.0 <= confidence <= 1.0:
+                raise ValueError(f"confidence {confidence!r} is not in [0, 1]")
+        except Exception as exc:
+            return self._default(
+                a,
+                qid,
+                t0,
+                Cause.POLICY_ERROR,
+                f"app {a.name!r}: policy {a.policy_name} combine raised"
+                f" {type(exc).__name__}: {exc}",
+                len(outputs),
+            )
+        if a.min_confidence is not None and confidence < a.min_confidence:
+            return self._default(
+                a,
+                qid,
+                t0,
+                Cause.LOW_CONFIDENCE,
+                f"app {a.name!r}: confidence {confidence:.3f} of the answer from"
+                f" {', '.join(map(repr, outputs))} is below min_confidence {a.min_confidence}",
+                len(outputs),
+                confidence,
+            )
+        latency = (self.clock() - t0) * MICROS
+        stats = a.stats
+        stats.queries += 1
+        stats.answered += 1
+        stats.latency.record(latency)
+        return Prediction(qid, answer, False, None, len(outputs), confidence, latency)
+
+    async def outputs(
+        self, a: App, chosen: list[str], xv: Any, deadline: float
+    ) -> tuple[dict[str, Any], list[Miss]]:
+        """Outputs of the chosen models that arrive by the deadline, and why the rest did not."""
+        now = self.clock()
+        key = a.key(xv) if self._cache.enabled else None
+        if len(chosen) == 1:  # the common case (Exp3), kept lean
+            name = chosen[0]
+            got, mv = self._start(name, xv, key, now, deadline)
+            if isinstance(got, asyncio.Future):
+                self._timer.add(deadline, got, _LATE)
+                got = await got
+            if isinstance(got, Failure):
+                return {}, [(name, mv, got)]
+            return {name: got}, []
+        outputs: dict[str, Any] = {}
+        misses: list[Miss] = []
+        waiting: list[tuple[str, ModelVersion | None, asyncio.Future[Any]]] = []
+        for name in chosen:
+            got, mv = self._start(name, xv, key, now, deadline)
+            if isinstance(got, asyncio.Future):
+                waiting.append((name, mv, got))
+            elif isinstance(got, Failure):
+                misses.append((name, mv, got))
+            else:
+                outputs[name] = got
+        if waiting:
+            await self._wait_all([f for _, _, f in waiting], deadline)
+            for name, mv, fut in waiting:
+                result = fut.result()
+                if isinstance(result, Failure):
+                    misses.append((name, mv, result))
+                else:
+                    outputs[name] = result
+        return outputs, misses
+
+    def _start(
+        self, name: str, xv: Any, key: Hashable | None, now: float, deadline: float
+    ) -> tuple[Any, ModelVersion | None]:
+        """Begin getting `name`'s output for xv: the output, a Failure, or a future to await."""
+        model = self._models.get(name)
+        mv = model.current_version() if model is not None else None
+        if mv is None:
+            return Failure(Cause.NO_REPLICA, "is not deployed"), None
+        ck = None
+        cache = self._cache
+        if key is not None:
+            # The deployment's serial too: a batch of a stopped deployment finishing late
+            # must not answer for a new deployment of the same version.
+            ck = (name, mv.version_key, mv.deployment, key)
+            out = cache.get(ck)
+            if out is not _MISS:
+                mv.cache_hits += 1
+                return out, mv
+            mv.cache_misses += 1
+            q = cache.pending(ck)
+            if q is not None and q.state != DONE and q.deadline > now:
+                fut = self._loop.create_future()
+                q.waiters.append(fut)
+                mv.batcher.queue.reschedule(q, deadline)
+                return fut, mv
+        q = Query(xv, deadline, now, self._settle if ck is not None else None, ck)
+        fut = self._loop.create_future()
+        q.waiters.append(fut)
+        failure = mv.submit(q)
+        if failure is not None:
+            return failure, mv
+        if ck is not None:
+            cache.begin(ck, q)
+        return fut, mv
+
+    def _settle(self, q: Query, outcome: Any) -> None:
+        cache = self._cache
+        cache.end(q.key, q)
+        if not isinstance(outcome, Failure):
+            cache.put(q.key, outcome)
+
+    async def _wait_all(self, futs: list[asyncio.Future[Any]], deadline: float) -> None:
+        """Wait until every future is done or the deadline passes; stragglers then get
+        the deadline failure, which also tells their queries that we stopped waiting."""
+        everyone: asyncio.Future[Any] = self._loop.create_future()
+        left = [len(futs)]
+
+        def one_done(_: asyncio.Future[Any]) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                _set_none(everyone)
+
+        for f in futs:
+            f.add_done_callback(one_done)
+        self._timer.add(deadline, everyone, None)
+        try:
+            await everyone
+        finally:
+            for f in futs:
+                f.remove_done_callback(one_done)
+                _expire(f, _LATE)
+
+    def _default(
+        self,
+        a: App,
+        qid: int,
+        t0: float,
+        cause: Cause,
+        explanation: str,
+        models: int = 0,
+        confidence: float = 0.0,
+    ) -> Prediction:
+        latency = (self.clock() - t0) * MICROS
+        stats = a.stats
+        stats.queries += 1
+        stats.defaults[cause.value] = stats.defaults.get(cause.value, 0) + 1
+        stats.latency.record(latency)
+        return Prediction(
+            qid, a.default_output, True, explanation, models, confidence, latency, cause.value
+        )
+
+    @staticmethod
+    def _explain(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:
+        model = f"model {name!r}" if mv is None else f"model {name!r} (version {mv.version!r})"
+        if failure.cause is Cause.DEADLINE:
+            return (
+                f"app {a.name!r}: {model} did not answer within the deadline"
+                f" ({slo * MICROS:.0f} µs)"
+            )
+        if failure.cause is Cause.SHUTDOWN:
+            return f"app {a.name!r}: the Clipper is shutting down (query for {model} not answered)"
+        return f"app {a.name!r}: {model} {failure.detail}"
