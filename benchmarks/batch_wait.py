@@ -21,9 +21,8 @@ import asyncio
 import statistics
 import sys
 
-from batching import SLO_MICROS, make_input, model
-from clipperlite import Clipper
-from loadgen import FrozenGC, LoadResult, NoiseGuard, mean_batch, model_counters, run_load
+from batching import SLO_MICROS, run_model
+from loadgen import LoadResult, NoiseGuard
 
 WAITS = (0, 500, 1000, 2000)
 
@@ -31,23 +30,9 @@ WAITS = (0, 500, 1000, 2000)
 async def one(
     rate: float, wait: int, *, warmup: float, duration: float, seed: int
 ) -> tuple[LoadResult, float]:
-    async with Clipper(cache_size=0) as clipper:
-        clipper.register_application("bench", "doubles", -1.0, SLO_MICROS)
-        await clipper.deploy_model("m", 1, "doubles", model, batch_wait_micros=wait)
-        clipper.link_model_to_app("bench", "m")
-        with FrozenGC(False):
-            r = await run_load(
-                clipper,
-                "bench",
-                make_input,
-                rate=rate,
-                duration=duration,
-                warmup=warmup,
-                seed=seed,
-                on_measure=lambda: model_counters(clipper, "m"),
-            )
-            after = model_counters(clipper, "m")
-    return r, mean_batch(r.hook, after)
+    return await run_model(
+        rate, freeze=False, warmup=warmup, duration=duration, seed=seed, batch_wait_micros=wait
+    )
 
 
 async def measured(

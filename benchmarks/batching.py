@@ -87,21 +87,20 @@ class Trial:
         return f"{self.label:14s} {self.result.row()}  batch={self.mean_batch:5.1f} {verdict}"
 
 
-async def _trial_once(
-    label: str,
+async def run_model(
     rate: float,
     *,
-    batch_size: int | None,
     freeze: bool,
     warmup: float,
     duration: float,
     seed: int,
-) -> Trial:
-    """One open-loop run against a fresh Clipper."""
-    options = {} if batch_size is None else {"batch_size": batch_size}
+    **deploy_options: Any,
+) -> tuple[LoadResult, float]:
+    """One open-loop run of the model behind a fresh Clipper: the result and the mean
+    batch size over the measured part."""
     async with Clipper(cache_size=0) as clipper:
         clipper.register_application("bench", "doubles", -1.0, SLO_MICROS)
-        await clipper.deploy_model("m", 1, "doubles", model, **options)
+        await clipper.deploy_model("m", 1, "doubles", model, **deploy_options)
         clipper.link_model_to_app("bench", "m")
         with FrozenGC(freeze):
             result = await run_load(
@@ -115,7 +114,25 @@ async def _trial_once(
                 on_measure=lambda: model_counters(clipper, "m"),
             )
             after = model_counters(clipper, "m")
-    return Trial(label, result, mean_batch(result.hook, after))
+    return result, mean_batch(result.hook, after)
+
+
+async def _trial_once(
+    label: str,
+    rate: float,
+    *,
+    batch_size: int | None,
+    freeze: bool,
+    warmup: float,
+    duration: float,
+    seed: int,
+) -> Trial:
+    """One open-loop run against a fresh Clipper."""
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    result, batch = await run_model(
+        rate, freeze=freeze, warmup=warmup, duration=duration, seed=seed, **options
+    )
+    return Trial(label, result, batch)
 
 
 GUARD = NoiseGuard(60.0)

@@ -399,3 +399,13 @@ def test_pop_batch_without_lead_keeps_every_live_query(query: NewQuery) -> None:
     q = query(deadline=1.0001)
     queue.push(q)
     assert queue.pop_batch(10, now=1.0) == ([q], [])
+
+
+def test_a_queue_without_arrival_tracking_keeps_no_arrival_index(query: NewQuery) -> None:
+    """Without delayed batching the queue keeps no arrival-order index (nothing per query
+    beyond the heap), and asking it for the oldest arrival is a programming error."""
+    queue = EDFQueue(track_arrivals=False)
+    queue.push(query(deadline=1.0))
+    assert queue.pop_batch(10, now=0.0)[0]
+    with pytest.raises(RuntimeError):
+        queue.oldest_arrival()

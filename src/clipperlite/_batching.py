@@ -98,9 +98,10 @@ class EDFQueue:
 
     __slots__ = ("_fifo", "_heap", "_live", "_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, *, track_arrivals: bool = True) -> None:
         self._heap: list[tuple[float, int, Query]] = []
-        self._fifo: deque[Query] = deque()
+        #: Queries in arrival order, for `oldest_arrival` (delayed batching only needs it).
+        self._fifo: deque[Query] | None = deque() if track_arrivals else None
         self._live = 0
         self._seq = itertools.count()
 
@@ -113,7 +114,8 @@ class EDFQueue:
         q.state = QUEUED
         q.priority = q.deadline
         heapq.heappush(self._heap, (q.deadline, seq, q))
-        self._fifo.append(q)
+        if self._fifo is not None:
+            self._fifo.append(q)
         self._live += 1
 
     def reschedule(self, q: Query, deadline: float) -> None:
@@ -155,6 +157,8 @@ class EDFQueue:
     def oldest_arrival(self) -> float | None:
         """Arrival time of the oldest query still queued."""
         self._trim()
+        if self._fifo is None:
+            raise RuntimeError("this queue does not track arrivals")
         return self._fifo[0].arrival if self._fifo else None
 
     def pop_batch(
@@ -207,7 +211,8 @@ class EDFQueue:
                 q.state = TAKEN
                 out.append(q)
         self._live = 0
-        self._fifo.clear()
+        if self._fifo is not None:
+            self._fifo.clear()
         return out
 
     def shed_expired(self, now: float) -> list[tuple[Query, Cause]]:
@@ -296,7 +301,7 @@ class Batcher:
         self.max_queue = max_queue
         self.clock = clock
         self.describe = describe
-        self.queue = EDFQueue()
+        self.queue = EDFQueue(track_arrivals=batch_wait > 0)
         self.stats = BatcherStats()
         self.replicas: list[ReplicaSlot] = []
         self._idle: deque[asyncio.Future[None]] = deque()

@@ -500,7 +500,7 @@ class Clipper:
             raise ClipperError(
                 f"app {app!r}: policy {a.policy_name} select raised {type(exc).__name__}: {exc}"
             ) from exc
-        outputs, _ = await router.outputs(a, chosen, xv, t0 + a.slo)
+        outputs, _ = await router.outputs(a, chosen, xv, t0, t0 + a.slo)
         # The links may have changed while the outputs were computed.
         outputs = {m: out for m, out in outputs.items() if m in a.links}
         if not outputs or self._apps.get(app) is not a:

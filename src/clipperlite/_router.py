@@ -75,7 +75,7 @@ class Router:
                 Cause.POLICY_ERROR,
                 f"app {a.name!r}: policy {a.policy_name} raised {type(exc).__name__}: {exc}",
             )
-        outputs, misses = await self.outputs(a, chosen, xv, deadline)
+        outputs, misses = await self.outputs(a, chosen, xv, t0, deadline)
         if not outputs:
             name, mv, failure = misses[0]
             return self._default(
@@ -107,18 +107,15 @@ class Router:
                 len(outputs),
                 confidence,
             )
-        latency = (self.clock() - t0) * MICROS
-        stats = a.stats
-        stats.queries += 1
-        stats.answered += 1
-        stats.latency.record(latency)
+        a.stats.answered += 1
+        latency = self._record(a, t0)
         return Prediction(qid, answer, False, None, len(outputs), confidence, latency)
 
     async def outputs(
-        self, a: App, chosen: list[str], xv: Any, deadline: float
+        self, a: App, chosen: list[str], xv: Any, now: float, deadline: float
     ) -> tuple[dict[str, Any], list[Miss]]:
-        """Outputs of the chosen models that arrive by the deadline, and why the rest did not."""
-        now = self.clock()
+        """Outputs of the chosen models that arrive by the deadline, and why the rest did not
+        (`now`: when the query arrived)."""
         key = a.key(xv) if self._cache.enabled else None
         if len(chosen) == 1:  # the common case (Exp3), kept lean
             name = chosen[0]
@@ -222,14 +219,19 @@ class Router:
         models: int = 0,
         confidence: float = 0.0,
     ) -> Prediction:
-        latency = (self.clock() - t0) * MICROS
-        stats = a.stats
-        stats.queries += 1
-        stats.defaults[cause.value] = stats.defaults.get(cause.value, 0) + 1
-        stats.latency.record(latency)
+        defaults = a.stats.defaults
+        defaults[cause.value] = defaults.get(cause.value, 0) + 1
+        latency = self._record(a, t0)
         return Prediction(
             qid, a.default_output, True, explanation, models, confidence, latency, cause.value
         )
+
+    def _record(self, a: App, t0: float) -> float:
+        """Count one query of app `a` that started at t0; its latency in microseconds."""
+        latency = (self.clock() - t0) * MICROS
+        a.stats.queries += 1
+        a.stats.latency.record(latency)
+        return latency
 
     @staticmethod
     def _explain(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:
