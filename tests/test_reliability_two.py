@@ -1,0 +1,300 @@
+"""Reliability, round two: what an adversarial review broke (issue 9), one test each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anyio
+import pytest
+from helpers import clipperlite_threads, version_stats, worker_processes
+
+from clipperlite import Clipper, DefaultCause
+
+# -- models (nested where a worker process must load them by value) --------------------
+
+
+def stop_iteration_model(xs: list[Any]) -> list[Any]:
+    """Raises StopIteration on a 13, answers the rest."""
+    if any(x == 13 for x in xs):
+        next(iter([]))
+    return [x * 2 for x in xs]
+
+
+async def async_stop_iteration_model(xs: list[Any]) -> list[Any]:
+    """The async twin of `stop_iteration_model`."""
+    return stop_iteration_model(xs)
+
+
+def _process_stop_iteration() -> Any:
+    def model(xs: list[Any]) -> list[Any]:
+        if any(x == 13 for x in xs):
+            next(iter([]))
+        return [x * 2 for x in xs]
+
+    return model
+
+
+# -- 1: StopIteration --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["thread", "process", "async"])
+async def test_stop_iteration_is_a_model_error_and_the_replica_serves_on(backend: str) -> None:
+    """A model raising StopIteration gives a "model raised" default, counted; it serves on."""
+    func: Any = {
+        "thread": stop_iteration_model,
+        "async": async_stop_iteration_model,
+        "process": _process_stop_iteration(),
+    }[backend]
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", "dflt", 2_000_000)
+        await c.deploy_model("m", 1, "any", func, backend=backend, batch_size=1)
+        c.link_model_to_app("a", "m")
+        t0 = time.monotonic()
+        bad = await c.predict("a", 13)
+        assert time.monotonic() - t0 < 1.0  # not the deadline, nor the watchdog
+        assert bad.default and bad.default_cause is DefaultCause.MODEL_ERROR
+        assert "StopIteration" in (bad.default_explanation or "")
+        good = await c.predict("a", 2)
+        assert not good.default and good.output == 4
+        stats = version_stats(c, "m")
+        assert stats["errors"] == 1
+        assert stats["replaced_replicas"] == 0
+
+
+# -- 2: "any" inputs reused by the caller --------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_any_input_mutated_after_a_deadline_does_not_poison_the_cache() -> None:
+    """A late batch computes on, and caches for, the input as it was at predict time."""
+    gate = asyncio.Event()
+
+    async def model(xs: list[Any]) -> list[Any]:
+        await gate.wait()
+        return [sum(x) for x in xs]
+
+    async with Clipper() as c:
+        c.register_application("a", "any", -1, 20_000)
+        await c.deploy_model("m", 1, "any", model)
+        c.link_model_to_app("a", "m")
+        x = [1, 2, 3]
+        late = await c.predict("a", x)
+        assert late.default_cause is DefaultCause.DEADLINE
+        x[0] = 100  # the caller reuses its list
+        gate.set()
+        await asyncio.sleep(0.05)  # the late batch finishes and is cached
+        again = await c.predict("a", [1, 2, 3], slo_micros=1_000_000)
+        assert again.output == 6
+
+
+# -- 3: model outputs that are futures -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_future_as_an_output_is_an_opaque_value_on_a_cache_hit() -> None:
+    """An output that is an asyncio Future is returned as is, on a miss and on a hit."""
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Future[Any]] = []
+
+    async def model(xs: list[Any]) -> list[Any]:
+        outs = [loop.create_future() for _ in xs]
+        made.extend(outs)
+        return outs
+
+    async with Clipper() as c:
+        c.register_application("a", "any", "dflt", 50_000)
+        c.register_application("b", "any", "dflt-b", 50_000)
+        await c.deploy_model("m", 1, "any", model)
+        await c.deploy_model("other", 1, "any", lambda xs: list(xs))
+        c.link_model_to_app("a", "m")
+        c.link_model_to_app("b", "other")
+        first = await c.predict("a", 1)
+        assert first.output is made[0]
+        hit = await c.predict("a", 1)  # cached: the future itself
+        assert not hit.default and hit.output is made[0]
+        assert not made[0].done()  # nobody set a result on the model's future
+        other = await c.predict("b", 5)  # the shared deadline timer still works
+        assert other.output == 5
+        await asyncio.sleep(0.08)  # past the deadline registered for the hit
+        late = await c.predict("b", 6, slo_micros=1_000)
+        assert late.output == 6 or late.default_cause is DefaultCause.DEADLINE
+
+
+def test_the_deadline_timer_survives_a_future_that_refuses_a_result() -> None:
+    """One entry whose set_result raises does not stop the others from expiring."""
+    from clipperlite._timers import DeadlineTimer
+
+    loop = asyncio.new_event_loop()
+    try:
+        timer = DeadlineTimer(loop)
+        bad: asyncio.Future[Any] = loop.create_future()
+        good: asyncio.Future[Any] = loop.create_future()
+
+        class Refusing(asyncio.Future):  # type: ignore[type-arg]
+            def set_result(self, result: Any) -> None:
+                raise asyncio.InvalidStateError("refused")
+
+        refusing = Refusing(loop=loop)
+        now = loop.time()
+        timer.add(now, refusing, "late")
+        timer.add(now, bad, "late")
+        timer.add(now + 0.001, good, "late")
+        loop.run_until_complete(asyncio.sleep(0.02))
+        assert bad.result() == "late" and good.result() == "late"
+    finally:
+        loop.close()
+
+
+# -- 4: a crashed worker reported before the restart ------------------------------------------
+
+
+def _crash_on_13() -> Any:
+    def model(xs: list[Any]) -> list[Any]:
+        import os
+
+        if any(x == 13 for x in xs):
+            os._exit(3)
+        return list(xs)
+
+    return model
+
+
+@pytest.mark.anyio
+async def test_a_crashed_worker_is_reported_before_it_is_restarted() -> None:
+    """With an SLO shorter than a restart, the crash is explained as worker_died."""
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", "dflt", 60_000)
+        await c.deploy_model("m", 1, "any", _crash_on_13(), backend="process", batch_size=1)
+        c.link_model_to_app("a", "m")
+        assert (await c.predict("a", 1)).output == 1
+        crashed = await c.predict("a", 13)
+        assert crashed.default_cause is DefaultCause.WORKER_DIED, crashed
+        # The replacement comes up in the background and serves the next query.
+        for _ in range(100):
+            p = await c.predict("a", 2, slo_micros=2_000_000)
+            if not p.default:
+                break
+        assert p.output == 2
+
+
+# -- 5: an async model cancelling itself -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_async_model_cancelling_itself_is_a_model_error_and_serves_on() -> None:
+    """A model whose own timeout cancels its task is a model error, not a shutdown."""
+
+    async def model(xs: list[Any]) -> list[Any]:
+        if 13 in xs:
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().call_later(0.005, task.cancel)  # a hand-made timeout
+            await asyncio.sleep(1)
+        return list(xs)
+
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", "dflt", 1_000_000)
+        await c.deploy_model("m", 1, "any", model, batch_size=1)
+        c.link_model_to_app("a", "m")
+        bad = await c.predict("a", 13)
+        assert bad.default_cause is DefaultCause.MODEL_ERROR, bad
+        assert "Cancelled" in (bad.default_explanation or "")
+        good = await c.predict("a", 2)
+        assert good.output == 2
+        assert version_stats(c, "m")["num_replicas"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_late_self_cancel_does_not_kill_the_replica() -> None:
+    """A model that arms a cancel of its task and returns early leaves the replica serving."""
+
+    async def model(xs: list[Any]) -> list[Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_later(0.005, task.cancel)
+        return list(xs)
+
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", "dflt", 1_000_000)
+        await c.deploy_model("m", 1, "any", model, batch_size=1)
+        c.link_model_to_app("a", "m")
+        assert (await c.predict("a", 1)).output == 1
+        await asyncio.sleep(0.03)
+        p = await c.predict("a", 2)
+        assert p.output == 2, p
+
+
+# -- 6: delayed batching ends in time for the earliest deadline --------------------------------
+
+
+@pytest.mark.anyio
+async def test_batch_wait_ends_in_time_for_the_earliest_deadline() -> None:
+    """A lone 20 ms query on an idle replica with a 50 ms batch wait is answered in time."""
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "doubles", -1.0, 20_000)
+        await c.deploy_model("m", 1, "doubles", lambda xs: [float(x[0]) for x in xs],
+                             batch_wait_micros=50_000)
+        c.link_model_to_app("a", "m")
+        await c.predict("a", [0.0], slo_micros=1_000_000)  # warm: a latency estimate
+        p = await c.predict("a", [1.0])
+        assert not p.default, p
+        assert p.output == 1.0
+
+
+# -- 7: cancellation paths leave nothing behind -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_stop_after_a_timed_out_stop_model_waits_for_that_stop() -> None:
+    """stop() after a stop_model cut short by a timeout still stops the model's thread."""
+    release = time.monotonic() + 0.4
+
+    def model(xs: list[Any]) -> list[Any]:
+        while time.monotonic() < release:
+            time.sleep(0.01)
+        return list(xs)
+
+    c = Clipper(cache_size=0, shutdown_grace_s=2.0)
+    await c.start()
+    c.register_application("a", "any", "dflt", 5_000_000)
+    await c.deploy_model("m", 1, "any", model)
+    c.link_model_to_app("a", "m")
+    running = asyncio.ensure_future(c.predict("a", 1))
+    await asyncio.sleep(0.05)
+    with anyio.move_on_after(0.05):
+        await c.stop_model("m")
+    await c.stop()
+    assert clipperlite_threads() == []
+    p = await running
+    assert p.output == 1 or p.default_cause in (DefaultCause.NO_REPLICA, DefaultCause.SHUTDOWN)
+    assert p.default_cause is not DefaultCause.DEADLINE
+
+
+def _slow_to_load() -> Any:
+    import time as _t
+
+    class Slow:
+        def __reduce__(self) -> Any:
+            return (_t.sleep, (0.0,))
+
+    def model(xs: list[Any]) -> list[Any]:
+        return list(xs)
+
+    return model
+
+
+@pytest.mark.anyio
+async def test_deploy_cancelled_by_an_anyio_scope_leaves_no_worker_process() -> None:
+    """A deploy_model cut by an anyio cancel scope leaves no worker process after stop()."""
+    before = set(worker_processes())
+    c = Clipper()
+    await c.start()
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
+        with anyio.move_on_after(delay):
+            await c.deploy_model(f"m{delay}", 1, "any", _slow_to_load(), backend="process")
+    await c.stop()
+    await asyncio.sleep(0.05)
+    assert set(worker_processes()) - before == set()
