@@ -8,6 +8,7 @@ isolates failures by retrying a failed batch in halves, and records each batch.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,6 +21,10 @@ from ._errors import WorkerDiedError
 from ._queue import DONE, EDFQueue, Query
 from ._stats import LatencyHistogram, SizeHistogram
 from ._types import CANCELLED, BatchRecord, BatchResult, DefaultCause, Failure, _Dropped
+
+#: The event loop's timers fire about this late (PERFORMANCE.md): a wait that must end
+#: by a deadline ends this much earlier.
+_TIMER_RESOLUTION_S = 0.001
 
 RunBatch = Callable[[list[Any]], Awaitable[Any]]
 
@@ -98,6 +103,8 @@ class Batcher:
         self.replicas: list[ReplicaSlot] = []
         self._idle: deque[asyncio.Future[None]] = deque()
         self._filling: list[asyncio.Future[None]] = []
+        #: When the replicas waiting for a fuller batch (`_filling`) planned to wake.
+        self._fill_until = math.inf
         self._running: set[tuple[Query, ...]] = set()
         self.closed = False
 
@@ -128,11 +135,21 @@ class Batcher:
         queue.push(q)
         if self._idle:
             _set_none(self._idle.popleft())
-        if self._filling and len(queue) >= self.sizer.max_batch:
+        if self._filling and (
+            len(queue) >= self.sizer.max_batch
+            or q.deadline - self._lead(q.deadline - q.arrival) < self._fill_until
+        ):  # a full batch, or a query that cannot wait as long as the replicas planned
             for f in self._filling:
                 _set_none(f)
             self._filling.clear()
+            self._fill_until = math.inf
         return None
+
+    def _lead(self, left: float) -> float:
+        """How long before a deadline `left` seconds away its batch must start: 1.5
+        expected batch latencies, plus what a loop timer may fire late by (a few ms on
+        a busy machine: 2 ms, or 5% of the time left if more)."""
+        return 1.5 * self.stats.latency_ewma + max(2 * _TIMER_RESOLUTION_S, 0.05 * left)
 
     def _admit(self, q: Query, batch_latency: float) -> Failure | None:
         """Refuse a query that cannot make its deadline: the full batches queued ahead of
@@ -192,12 +209,19 @@ class Batcher:
                 continue
             n = self.sizer.max_batch
             if self.batch_wait > 0 and len(queue) < n:
+                now = self.clock()
                 oldest = queue.oldest_arrival()
-                wake_at = (oldest if oldest is not None else self.clock()) + self.batch_wait
-                delay = wake_at - self.clock()
+                wake_at = (oldest if oldest is not None else now) + self.batch_wait
+                # ... but never past the time the earliest queued deadline needs its batch
+                # to start (an estimate of the batch's latency and a timer's resolution).
+                earliest = queue.earliest_deadline()
+                if earliest is not None:
+                    wake_at = min(wake_at, earliest - self._lead(earliest - now))
+                delay = wake_at - now
                 if delay > 0:
                     fut = loop.create_future()
                     self._filling.append(fut)
+                    self._fill_until = min(self._fill_until, wake_at)
                     handle = loop.call_later(delay, _set_none, fut)
                     try:
                         await fut
@@ -205,6 +229,8 @@ class Batcher:
                         handle.cancel()
                         if fut in self._filling:
                             self._filling.remove(fut)
+                        if not self._filling:
+                            self._fill_until = math.inf
                     if slot.stopping or self.closed:
                         break
                     n = self.sizer.max_batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import reprlib
 from collections.abc import Callable, Hashable
@@ -181,8 +182,28 @@ def _validate_string(x: Any, app: str) -> str:
     return x
 
 
+_IMMUTABLE = frozenset((str, bytes, int, float, bool, complex, type(None)))
+
+
+def _snapshot(x: Any) -> Any:
+    """x as it is now: itself when immutable all the way down (free), else a deep copy,
+    so a caller reusing its object after `predict` changes neither what a late batch
+    computes nor the key its output is cached under."""
+    t = type(x)
+    if t in _IMMUTABLE:
+        return x
+    if t is tuple and all(type(item) in _IMMUTABLE for item in x):
+        return x
+    try:
+        return copy.deepcopy(x)
+    except Exception:
+        # It cannot be copied: passed as given. It is never cached either: only the
+        # types `_freeze` keys make a key, and those always copy.
+        return x
+
+
 def _validate_any(x: Any, app: str) -> Any:
-    return x
+    return _snapshot(x)
 
 
 def make_validator(input_type: str) -> Validator:

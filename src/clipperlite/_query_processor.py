@@ -123,21 +123,21 @@ class QueryProcessor:
         key = a.key(xv) if self._cache.enabled else None
         if len(chosen) == 1:  # the common case (Exp3), kept lean
             name = chosen[0]
-            got, mv = self._start(name, xv, key, now, deadline)
-            if isinstance(got, asyncio.Future):
-                self._timer.add(deadline, got, _LATE)
-                got = await got
-            if isinstance(got, Failure):
+            got, mv, waiter = self._start(name, xv, key, now, deadline)
+            if waiter is not None:
+                self._timer.add(deadline, waiter, _LATE)
+                got = await waiter
+            if type(got) is Failure:
                 return {}, [(name, mv, got)]
             return {name: got}, []
         outputs: dict[str, Any] = {}
         misses: list[Miss] = []
         waiting: list[tuple[str, ModelVersion | None, asyncio.Future[Any]]] = []
         for name in chosen:
-            got, mv = self._start(name, xv, key, now, deadline)
-            if isinstance(got, asyncio.Future):
-                waiting.append((name, mv, got))
-            elif isinstance(got, Failure):
+            got, mv, waiter = self._start(name, xv, key, now, deadline)
+            if waiter is not None:
+                waiting.append((name, mv, waiter))
+            elif type(got) is Failure:
                 misses.append((name, mv, got))
             else:
                 outputs[name] = got
@@ -145,7 +145,7 @@ class QueryProcessor:
             await self._wait_all([f for _, _, f in waiting], deadline)
             for name, mv, fut in waiting:
                 result = fut.result()
-                if isinstance(result, Failure):
+                if type(result) is Failure:
                     misses.append((name, mv, result))
                 else:
                     outputs[name] = result
@@ -153,12 +153,14 @@ class QueryProcessor:
 
     def _start(
         self, name: str, xv: Any, key: Hashable | None, now: float, deadline: float
-    ) -> tuple[Any, ModelVersion | None]:
-        """Begin getting `name`'s output for xv: the output, a Failure, or a future to await."""
+    ) -> tuple[Any, ModelVersion | None, asyncio.Future[Any] | None]:
+        """Begin getting `name`'s output for xv: (the output or a Failure, its version, None),
+        or (None, its version, a future of ours to await). The waiter travels in a slot of
+        its own, so a model's output is opaque whatever its type (an asyncio Task too)."""
         model = self._models.get(name)
         mv = model.current_version() if model is not None else None
         if mv is None:
-            return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None
+            return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None, None
         ck = None
         cache = self._cache
         if key is not None and mv.cache:
@@ -168,28 +170,28 @@ class QueryProcessor:
             out = cache.get(ck)
             if out is not _MISS:
                 mv.cache_hits += 1
-                return out, mv
+                return out, mv, None
             mv.cache_misses += 1
             q = cache.pending(ck)
             if q is not None and q.state != DONE and q.deadline > now:
                 fut = self._loop.create_future()
                 q.waiters.append(fut)
                 mv.batcher.queue.reschedule(q, deadline)
-                return fut, mv
+                return None, mv, fut
         q = Query(xv, deadline, now, self._settle if ck is not None else None, ck)
         fut = self._loop.create_future()
         q.waiters.append(fut)
         failure = mv.submit(q)
         if failure is not None:
-            return failure, mv
+            return failure, mv, None
         if ck is not None:
             cache.begin(ck, q)
-        return fut, mv
+        return None, mv, fut
 
     def _settle(self, q: Query, outcome: Any) -> None:
         cache = self._cache
         cache.end(q.key, q)
-        if not isinstance(outcome, Failure):
+        if type(outcome) is not Failure:
             cache.put(q.key, outcome)
 
     async def feedback(self, a: App, xv: Any, y: Any, t0: float) -> None:
