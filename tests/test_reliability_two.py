@@ -8,9 +8,9 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import clipperlite_threads, version_stats, worker_processes
 
 from clipperlite import Clipper, DefaultCause
+from helpers import clipperlite_threads, version_stats, worker_processes
 
 # -- models (nested where a worker process must load them by value) --------------------
 
@@ -299,3 +299,102 @@ async def test_deploy_cancelled_by_an_anyio_scope_leaves_no_worker_process() -> 
     await c.stop()
     await asyncio.sleep(0.05)
     assert set(worker_processes()) - before == set()
+
+
+# -- 8: other threads and event loops ---------------------------------------------------------
+
+
+class _LoopThread:
+    """A Clipper started on an event loop running in a background thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.clipper = Clipper()
+        self.run(self.clipper.start())
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def close(self) -> None:
+        self.run(self.clipper.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def test_a_clipper_used_from_another_loop_says_what_to_do() -> None:
+    """predict and stop from another thread's loop raise a ClipperError naming blocking()."""
+    from clipperlite import ClipperError
+
+    bg = _LoopThread()
+    try:
+        with bg.clipper.blocking() as sync:
+            sync.register_application("a", "any", "d", 1_000_000)
+
+        async def elsewhere() -> None:
+            with pytest.raises(ClipperError, match="blocking"):
+                await bg.clipper.predict("a", 1)
+            with pytest.raises(ClipperError, match="event loop"):
+                await bg.clipper.stop()
+            with pytest.raises(ClipperError, match="event loop"):
+                await bg.clipper.deploy_model("m", 1, "any", lambda xs: xs)
+
+        asyncio.run(elsewhere())
+        with pytest.raises(ClipperError, match="thread"):
+            bg.clipper.register_application("b", "any", "d", 1_000_000)
+        assert bg.clipper.running  # not half-used: it still serves its own loop
+        assert bg.clipper.get_all_apps() == ["a"]
+    finally:
+        bg.close()
+
+
+def test_a_clipper_after_its_asyncio_run_ended_says_so() -> None:
+    """A Clipper whose asyncio.run ended raises a ClipperError, not a bare RuntimeError."""
+    from clipperlite import ClipperError
+
+    c = Clipper()
+    c.register_application("a", "any", "d", 1_000_000)
+
+    async def first() -> None:
+        await c.start()
+
+    asyncio.run(first())
+
+    async def second() -> None:
+        with pytest.raises(ClipperError, match="ended"):
+            await c.predict("a", 1)
+        with pytest.raises(ClipperError, match="ended"):
+            await c.stop()
+
+    asyncio.run(second())
+
+
+def test_blocking_gives_synchronous_calls_backed_by_the_clippers_loop() -> None:
+    """clipper.blocking() serves Flask-style synchronous code from another thread."""
+    bg = _LoopThread()
+    try:
+        with bg.clipper.blocking() as sync:
+            sync.register_application("a", "doubles", -1.0, 1_000_000)
+            sync.deploy_model("m", 1, "doubles", lambda xs: [float(sum(x)) for x in xs])
+            sync.link_model_to_app("a", "m")
+            assert sync.predict("a", [1.0, 2.0]).output == 3.0
+            assert [p.output for p in sync.predict_batch("a", [[1.0], [2.0]])] == [1.0, 2.0]
+            sync.feedback("a", [1.0, 2.0], 3.0)
+            assert sync.get_linked_models("a") == ["m"]
+            assert sync.metrics()["apps"]["a"]["queries"] == 3
+    finally:
+        bg.close()
+
+
+@pytest.mark.anyio
+async def test_blocking_on_the_clippers_own_loop_is_refused() -> None:
+    """blocking() inside the loop would deadlock it: a ClipperError says to await instead."""
+    from clipperlite import ClipperError
+
+    async with Clipper() as c:
+        with pytest.raises(ClipperError, match="await"), c.blocking():
+            pass

@@ -290,11 +290,16 @@ class ModelVersion:
         """Answer everything queued with `failure`, let running batches finish within
         `grace` seconds, then stop every replica (abandoning any stuck in the model).
         Idempotent: a second call waits for the first."""
+        await asyncio.shield(self.stop_task(grace, failure))
+
+    def stop_task(self, grace: float, failure: Failure) -> asyncio.Task[None]:
+        """The task stopping this version (started by the first call): it runs to its end
+        whoever stops waiting for it."""
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(
                 self._stop(grace, failure), name=f"clipperlite:{self.name}:{self.version}:stop"
             )
-        await asyncio.shield(self._stopping)
+        return self._stopping
 
     async def _stop(self, grace: float, failure: Failure) -> None:
         loop = asyncio.get_running_loop()
