@@ -398,3 +398,52 @@ async def test_blocking_on_the_clippers_own_loop_is_refused() -> None:
     async with Clipper() as c:
         with pytest.raises(ClipperError, match="await"), c.blocking():
             pass
+
+
+# -- 12: the cache bounded by bytes ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cache_max_bytes_bounds_big_inputs() -> None:
+    """300 distinct 100 kB inputs keep the cache under cache_max_bytes (LRU dropped)."""
+    async with Clipper(cache_max_bytes=2_000_000) as c:
+        c.register_application("a", "bytes", b"", 5_000_000)
+        await c.deploy_model("m", 1, "bytes", lambda xs: [len(x) for x in xs])
+        c.link_model_to_app("a", "m")
+        for i in range(300):
+            x = i.to_bytes(4, "big") * 25_000
+            assert (await c.predict("a", x)).output == 100_000
+        cache = c.statistics().cache
+        assert 0 < cache.nbytes <= 2_000_000
+        assert cache.size <= 20
+        assert c.metrics()["cache"]["max_bytes"] == 2_000_000
+        last = i.to_bytes(4, "big") * 25_000
+        await c.predict("a", last)
+        assert version_stats(c, "m")["cache_hits"] == 1  # the newest is still cached
+
+
+def test_cache_max_bytes_has_a_safe_default_and_checks_its_value() -> None:
+    """The default byte bound is 256 MiB; a bad value is a ClipperError."""
+    from clipperlite import ClipperError
+
+    assert Clipper().statistics().cache.max_bytes == 256 * 1024 * 1024
+    for bad in (0, -1, 1.5, True, "1"):
+        with pytest.raises(ClipperError, match="cache_max_bytes"):
+            Clipper(cache_max_bytes=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_cache_false_keeps_outputs_out_and_makes_no_key() -> None:
+    """deploy_model(cache=False): nothing cached and the app's key function never runs."""
+    async with Clipper() as c:
+        c.register_application("a", "any", None, 1_000_000)
+        await c.deploy_model("m", 1, "any", lambda xs: list(xs), cache=False)
+        c.link_model_to_app("a", "m")
+        app = c._registry.apps["a"]
+        calls: list[Any] = []
+        real = app.key
+        app.key = lambda x: calls.append(x) or real(x)
+        for _ in range(3):
+            assert (await c.predict("a", (1, 2))).output == (1, 2)
+        assert calls == []
+        assert c.statistics().cache.size == 0

@@ -60,6 +60,9 @@ class Clipper:
     Args:
         cache_size: How many predictions the LRU cache holds, across all models;
             0 turns caching off (and the coalescing of identical concurrent queries).
+        cache_max_bytes: The most bytes of keys and outputs the cache holds (numpy
+            `nbytes`, the length of bytes and str, a small estimate for other values),
+            so large inputs such as images cannot fill memory (256 MiB by default).
         shutdown_grace_s: How long `stop()`, `stop_model` and scaling down let running
             batches finish before their queries get a default (0 allowed).
         hang_timeout_s: A replica still in one batch this long after the last deadline
@@ -76,13 +79,14 @@ class Clipper:
         self,
         *,
         cache_size: int = _defaults.CACHE_SIZE,
+        cache_max_bytes: int = _defaults.CACHE_MAX_BYTES,
         shutdown_grace_s: float = _defaults.SHUTDOWN_GRACE_S,
         hang_timeout_s: float = _defaults.HANG_TIMEOUT_S,
         history_size: int = _defaults.HISTORY_SIZE,
         seed: int | None = None,
     ) -> None:
         try:
-            self._cache: PredictionCache[Query] = PredictionCache(cache_size)
+            self._cache: PredictionCache[Query] = PredictionCache(cache_size, cache_max_bytes)
         except ValueError as exc:
             raise ClipperError(str(exc)) from None
         self._grace = positive("shutdown_grace_s", shutdown_grace_s, allow_zero=True)
@@ -748,7 +752,13 @@ class Clipper:
             state=self._state.value,
             apps=apps,
             models=tuple(models),
-            cache=CacheStatistics(size=len(cache), maxsize=cache.maxsize, inflight=cache.inflight),
+            cache=CacheStatistics(
+                size=len(cache),
+                maxsize=cache.maxsize,
+                inflight=cache.inflight,
+                nbytes=cache.nbytes,
+                max_bytes=cache.max_bytes,
+            ),
             abandoned_threads=abandoned,
         )
 
@@ -938,7 +948,13 @@ def _metrics(s: ClipperStatistics) -> dict[str, Any]:
     return {
         "apps": apps,
         "models": models,
-        "cache": {"size": s.cache.size, "maxsize": s.cache.maxsize, "inflight": s.cache.inflight},
+        "cache": {
+            "size": s.cache.size,
+            "maxsize": s.cache.maxsize,
+            "inflight": s.cache.inflight,
+            "bytes": s.cache.nbytes,
+            "max_bytes": s.cache.max_bytes,
+        },
         "abandoned_threads": s.abandoned_threads,
         "state": s.state,
     }

@@ -6,6 +6,12 @@ from __future__ import annotations
 #: costs a few MB for typical inputs (benchmarks/memory.py: 41 -> 51 MB RSS when full).
 CACHE_SIZE = 10_000
 
+#: Bytes of keys and outputs the cache may hold (estimated: numpy nbytes, len of bytes and
+#: str). 256 MiB: an image service's 1 MB inputs keep ~250 answers instead of the 10,000
+#: that CACHE_SIZE alone would let fill ~10 GB, while small numeric inputs (a few hundred
+#: bytes an entry) never reach it and stay bounded by CACHE_SIZE.
+CACHE_MAX_BYTES = 256 * 1024 * 1024
+
 #: Seconds `stop()` lets running batches finish: long enough for any batch that fits an
 #: SLO of a second, short enough that a service restart is not held up.
 SHUTDOWN_GRACE_S = 3.0

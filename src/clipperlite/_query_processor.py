@@ -5,7 +5,7 @@ and of one feedback (the same choice and outputs, then the policy's update)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._cache import PredictionCache
@@ -120,16 +120,18 @@ class QueryProcessor:
     ) -> tuple[dict[str, Any], list[Miss]]:
         """Outputs of the chosen models that arrive by the deadline, and why the rest did not
         (`now`: when the query arrived)."""
-        key = a.key(xv) if self._cache.enabled else None
+        enabled = self._cache.enabled
         if len(chosen) == 1:  # the common case (Exp3), kept lean
             name = chosen[0]
-            got, mv, waiter = self._start(name, xv, key, now, deadline)
+            # The key is made only if this model's outputs are cached (no work for cache=False).
+            got, mv, waiter = self._start(name, xv, None, now, deadline, a.key if enabled else None)
             if waiter is not None:
                 self._timer.add(deadline, waiter, _LATE)
                 got = await waiter
             if type(got) is Failure:
                 return {}, [(name, mv, got)]
             return {name: got}, []
+        key = a.key(xv) if enabled else None
         outputs: dict[str, Any] = {}
         misses: list[Miss] = []
         waiting: list[tuple[str, ModelVersion | None, asyncio.Future[Any]]] = []
@@ -152,7 +154,13 @@ class QueryProcessor:
         return outputs, misses
 
     def _start(
-        self, name: str, xv: Any, key: Hashable | None, now: float, deadline: float
+        self,
+        name: str,
+        xv: Any,
+        key: Hashable | None,
+        now: float,
+        deadline: float,
+        keyer: Callable[[Any], Hashable | None] | None = None,
     ) -> tuple[Any, ModelVersion | None, asyncio.Future[Any] | None]:
         """Begin getting `name`'s output for xv: (the output or a Failure, its version, None),
         or (None, its version, a future of ours to await). The waiter travels in a slot of
@@ -163,6 +171,8 @@ class QueryProcessor:
             return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None, None
         ck = None
         cache = self._cache
+        if keyer is not None and mv.cache:
+            key = keyer(xv)
         if key is not None and mv.cache:
             # The deployment's serial too: a batch of a stopped deployment finishing late
             # must not answer for a new deployment of the same version.
