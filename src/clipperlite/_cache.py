@@ -93,7 +93,7 @@ class PredictionCache(Generic[T]):
         lru = self._lru
         if lru is None:
             return _MISS
-        entry = lru.get(key, _MISS)
+        entry: Any = lru.get(key, _MISS)
         return entry if entry is _MISS else entry[0]
 
     def put(self, key: Hashable, output: Any) -> None:
