@@ -447,3 +447,63 @@ async def test_cache_false_keeps_outputs_out_and_makes_no_key() -> None:
             assert (await c.predict("a", (1, 2))).output == (1, 2)
         assert calls == []
         assert c.statistics().cache.size == 0
+
+
+# -- 11: logging ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_model_exception_is_logged_with_its_traceback_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first exception is logged at WARNING with its traceback; the next are held back."""
+    import logging
+
+    def broken(xs: list[Any]) -> list[Any]:
+        raise ValueError("kaput")
+
+    caplog.set_level(logging.INFO, logger="clipperlite")
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", None, 1_000_000)
+        await c.deploy_model("m", 1, "any", broken, batch_size=1)
+        c.link_model_to_app("a", "m")
+        for i in range(5):
+            assert (await c.predict("a", i)).default_cause is DefaultCause.MODEL_ERROR
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    record = warnings[0]
+    assert record.name == "clipperlite"
+    assert "'m' version 1" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    assert "broken" in caplog.text and "kaput" in caplog.text  # the traceback
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("deployed model 'm'" in m for m in infos)
+
+
+def test_the_error_log_says_how_many_were_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    """After the interval, the next log line counts the exceptions left out."""
+    import logging
+
+    from clipperlite._aimd import FixedBatchSize
+    from clipperlite._batching import Batcher
+
+    now = [0.0]
+    b = Batcher(FixedBatchSize(1), clock=lambda: now[0], label="'m' version 1")
+    caplog.set_level(logging.WARNING, logger="clipperlite")
+    for t in (0.0, 1.0, 2.0, 11.0):
+        now[0] = t
+        b._log_failure(ValueError("x"), 1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "2 more since the last one logged" in lines[1]
+
+
+@pytest.mark.anyio
+async def test_a_per_item_model_gets_a_hint_that_func_receives_a_list() -> None:
+    """A TypeError on the whole batch is explained with the list-of-inputs hint."""
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "doubles", None, 1_000_000)
+        await c.deploy_model("m", 1, "doubles", lambda x: x.sum() + "s")  # per item
+        c.link_model_to_app("a", "m")
+        p = await c.predict("a", [1.0])
+        assert "func receives a list of inputs" in (p.default_explanation or "")

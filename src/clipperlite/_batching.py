@@ -8,6 +8,7 @@ isolates failures by retrying a failed batch in halves, and records each batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _defaults
 from ._aimd import BatchSizer
 from ._clock import Clock
 from ._errors import WorkerDiedError
@@ -25,6 +27,15 @@ from ._types import CANCELLED, BatchRecord, BatchResult, DefaultCause, Failure, 
 #: The event loop's timers fire about this late (PERFORMANCE.md): a wait that must end
 #: by a deadline ends this much earlier.
 _TIMER_RESOLUTION_S = 0.001
+
+#: Added to the explanation of a TypeError or AttributeError raised on a whole batch: the
+#: usual cause is a model written for one input.
+_PER_ITEM_HINT = (
+    "hint: func receives a list of inputs and returns a list of outputs;"
+    " a model written for one input fails like this"
+)
+
+logger = logging.getLogger("clipperlite")
 
 RunBatch = Callable[[list[Any]], Awaitable[Any]]
 
@@ -91,7 +102,12 @@ class Batcher:
         max_queue: int = 10_000,
         clock: Clock,
         history_size: int = 1000,
+        label: str = "?",
     ) -> None:
+        #: The model version it serves, for the log ("name:version").
+        self.label = label
+        self._next_log = -math.inf
+        self._suppressed = 0
         self.sizer = sizer
         self.batch_wait = batch_wait
         self.max_queue = max_queue
@@ -259,13 +275,14 @@ class Batcher:
         try:
             raw = await run_batch([q.x for q in batch])
         except WorkerDiedError as exc:
+            self._log_failure(exc, len(batch))
             return None, Failure(DefaultCause.WORKER_DIED, f"worker died: {exc}"), self.clock() - t0
         except Exception as exc:
-            return (
-                None,
-                Failure(DefaultCause.MODEL_ERROR, f"raised {type(exc).__name__}: {exc}"),
-                self.clock() - t0,
-            )
+            self._log_failure(exc, len(batch))
+            detail = f"raised {type(exc).__name__}: {exc}"
+            if isinstance(exc, TypeError | AttributeError):
+                detail += f" ({_PER_ITEM_HINT})"
+            return None, Failure(DefaultCause.MODEL_ERROR, detail), self.clock() - t0
         latency = self.clock() - t0
         if type(raw) is BatchResult:
             latency = raw.seconds
@@ -293,6 +310,28 @@ class Batcher:
                 latency,
             )
         return list(outputs), None, latency
+
+    def _log_failure(self, exc: BaseException, n: int) -> None:
+        """Log a model's exception with its traceback at WARNING: the first, then at most
+        one per `ERROR_LOG_INTERVAL_S` with the count of those left out, so a failing
+        model cannot flood the log."""
+        now = self.clock()
+        if now < self._next_log:
+            self._suppressed += 1
+            return
+        self._next_log = now + _defaults.ERROR_LOG_INTERVAL_S
+        more = (
+            f" ({self._suppressed} more since the last one logged)" if self._suppressed else ""
+        )
+        self._suppressed = 0
+        logger.warning(
+            "clipperlite: model %s raised %s on a batch of %d%s",
+            self.label,
+            type(exc).__name__,
+            n,
+            more,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
 
     async def _run(self, run_batch: RunBatch, batch: list[Query]) -> None:
         key = tuple(batch)

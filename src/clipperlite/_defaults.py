@@ -55,3 +55,8 @@ MIN_BUDGET_S = 0.0005
 #: Seconds a replica's stop waits for a thread to end after its last batch when no grace
 #: is asked for (a scale-down or replacement).
 REPLICA_STOP_S = 1.0
+
+#: Seconds between two logged exceptions of one model version (the first is logged at
+#: once; those in between are counted in the next): a model failing on every batch
+#: writes one traceback per 10 s, not thousands.
+ERROR_LOG_INTERVAL_S = 10.0

@@ -85,6 +85,7 @@ class ModelVersion:
             max_queue=max_queue,
             clock=clock,
             history_size=history_size,
+            label=f"{name!r} version {version!r}",
         )
         self.batch_wait = batch_wait
         self._replicas: list[ServingReplica] = []
@@ -198,6 +199,7 @@ class ModelVersion:
         try:
             if replace:
                 await self._top_up()  # before the old one leaves: never none
+                logger.info("clipperlite: replica %s of %s replaced", slot.name, self)
         finally:
             if slot in self.batcher.replicas:
                 self.batcher.replicas.remove(slot)

@@ -23,11 +23,11 @@ def as_model_error(exc: BaseException) -> Exception:
     BaseExceptions (SystemExit, KeyboardInterrupt) are wrapped so they cannot end a
     replica or the loop, and so is StopIteration, which an asyncio future refuses.
     """
-    if isinstance(exc, StopIteration | StopAsyncIteration):
-        return RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
-    if isinstance(exc, Exception):
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration | StopAsyncIteration):
         return exc
-    return RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+    wrapped = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc  # its traceback, for the log
+    return wrapped
 
 
 def deliver(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
