@@ -211,11 +211,13 @@ class Clipper:
                 " asyncio.run returned); a Clipper lives on one loop: make a new one in"
                 " this loop, and stop each Clipper before its loop ends (async with Clipper())"
             )
+        other = "thread" if threading.get_ident() != self._thread else "event loop"
         return ClipperError(
             f"cannot {what} from this {where}: this Clipper belongs to the event loop that"
-            " started it, in another thread. From synchronous code in another thread use"
-            " `with clipper.blocking() as c: c.predict(...)`; from another event loop, start"
-            " a Clipper of its own there"
+            f" started it, and this is another {other}. From synchronous code in another"
+            " thread use `with clipper.blocking() as c: c.predict(...)`; from another event"
+            " loop, start a Clipper of its own there (in tests: a fixture driven by the same"
+            " runner as the test)"
         )
 
     # -- applications and links ----------------------------------------------------------
