@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -507,3 +508,244 @@ async def test_a_per_item_model_gets_a_hint_that_func_receives_a_list() -> None:
         c.link_model_to_app("a", "m")
         p = await c.predict("a", [1.0])
         assert "func receives a list of inputs" in (p.default_explanation or "")
+
+
+# -- 9: values that are not what they claim, and the smaller classes ----------------------------
+
+
+class LyingList(list):  # type: ignore[type-arg]
+    """A list whose len() and iteration lie about what it holds."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Any:
+        return iter([0.0])
+
+
+@pytest.mark.anyio
+async def test_a_model_output_list_lying_about_its_length_is_wrong_length() -> None:
+    """A list subclass claiming the batch's length but holding fewer is a wrong_length default."""
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", "dflt", 1_000_000)
+        await c.deploy_model("m", 1, "any", lambda xs: LyingList(), batch_size=1)
+        c.link_model_to_app("a", "m")
+        p = await c.predict("a", 1)
+        assert p.default_cause is DefaultCause.WRONG_LENGTH, p
+        assert version_stats(c, "m")["replaced_replicas"] == 0
+        assert (await c.predict("a", 2)).default_cause is DefaultCause.WRONG_LENGTH
+
+
+@pytest.mark.anyio
+async def test_a_list_subclass_input_is_validated_as_what_it_holds() -> None:
+    """A numeric input that is a lying list subclass is validated by its real items."""
+    from clipperlite import InvalidInputError
+
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "doubles", -1.0, 1_000_000)
+        await c.deploy_model("m", 1, "doubles", lambda xs: [float(x.sum()) for x in xs])
+        c.link_model_to_app("a", "m")
+        lying = LyingList([1.0, 2.0, "three"])
+        with pytest.raises(InvalidInputError):
+            await c.predict("a", lying)
+        assert (await c.predict("a", LyingList([1.0, 2.0]))).output == 3.0
+
+
+class EqualToAll(str):
+    """A str that claims to equal every other str, with one hash."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@pytest.mark.anyio
+async def test_a_str_subclass_cannot_decide_cache_hits() -> None:
+    """Inputs are exact builtin str (and bytes) before a key is made."""
+    async with Clipper() as c:
+        c.register_application("a", "strings", "", 1_000_000)
+        seen: list[type] = []
+
+        def model(xs: list[Any]) -> list[Any]:
+            seen.extend(type(x) for x in xs)
+            return [x.upper() for x in xs]
+
+        await c.deploy_model("m", 1, "strings", model)
+        c.link_model_to_app("a", "m")
+        assert (await c.predict("a", "abc")).output == "ABC"
+        assert (await c.predict("a", EqualToAll("xyz"))).output == "XYZ"
+        assert set(seen) == {str}
+
+
+@pytest.mark.anyio
+async def test_a_longdouble_beyond_float64_is_invalid_not_inf() -> None:
+    """A numpy longdouble too large for float64 raises InvalidInputError (no inf, no warning)."""
+    import numpy as np
+
+    from clipperlite import InvalidInputError
+
+    huge = np.longdouble(np.finfo(np.float64).max) * np.longdouble(10)
+    if not np.isfinite(huge):
+        pytest.skip("this platform's longdouble is float64")
+    async with Clipper() as c:
+        c.register_application("a", "doubles", -1.0, 1_000_000)
+        for x in ([huge], np.array([huge, 1.0], dtype=np.longdouble)):
+            with pytest.raises(InvalidInputError, match="float64"):
+                await c.predict("a", x)
+
+
+def test_numbers_too_large_for_a_float_in_settings_are_clipper_errors() -> None:
+    """slo_micros, batch_wait_micros, min_confidence... of 10**400 raise ClipperError."""
+    from clipperlite import ClipperError
+
+    big = 10**400
+    c = Clipper()
+    with pytest.raises(ClipperError, match="slo_micros"):
+        c.register_application("a", "any", None, big)
+    with pytest.raises(ClipperError, match="min_confidence"):
+        c.register_application("b", "any", None, 1000, min_confidence=big)
+    with pytest.raises(ClipperError, match="shutdown_grace_s"):
+        Clipper(shutdown_grace_s=big)
+    with pytest.raises(ClipperError, match="hang_timeout_s"):
+        Clipper(hang_timeout_s=big)
+
+
+@pytest.mark.anyio
+async def test_settings_overflow_at_deploy_and_predict_are_clipper_errors() -> None:
+    """batch_wait_micros and a per-query slo_micros of 10**400 raise ClipperError."""
+    from clipperlite import ClipperError
+
+    async with Clipper() as c:
+        with pytest.raises(ClipperError, match="batch_wait_micros"):
+            await c.deploy_model("m", 1, "any", lambda xs: xs, batch_wait_micros=10**400)
+        c.register_application("a", "any", None, 1000)
+        with pytest.raises(ClipperError, match="slo_micros"):
+            await c.predict("a", 1, slo_micros=10**400)
+
+
+class _Unpicklable:
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise TypeError("no copies")
+
+
+class _BrokenPolicy:
+    """A policy whose init_state raises and whose restore_state raises its own error."""
+
+    def init_state(self, models: list[str], previous: Any = None) -> Any:
+        raise KeyError("init broke")
+
+    def select(self, state: Any, x: Any) -> list[str]:
+        return ["m"]
+
+    def combine(self, state: Any, x: Any, outputs: dict[str, Any]) -> Any:
+        return next(iter(outputs.values())), 1.0
+
+    def observe(self, state: Any, x: Any, y: Any, outputs: dict[str, Any]) -> Any:
+        return state
+
+    def restore_state(self, state: Any, models: list[str]) -> Any:
+        raise LookupError("restore broke")
+
+
+@pytest.mark.anyio
+async def test_policy_state_errors_are_clipper_errors_chained() -> None:
+    """get/set_policy_state raise ClipperError chained to TypeError, RecursionError, the
+    policy's own error."""
+    from clipperlite import ClipperError
+
+    async with Clipper() as c:
+        c.register_application("a", "any", None, 1_000_000)
+        c.register_application("b", "any", None, 1_000_000, policy=_BrokenPolicy())
+        await c.deploy_model("m", 1, "any", lambda xs: list(xs))
+        c.link_model_to_app("a", "m")
+        c.link_model_to_app("b", "m")
+        with pytest.raises(ClipperError) as info:
+            c.set_policy_state("a", _Unpicklable())
+        assert isinstance(info.value.__cause__, TypeError)
+        deep: list[Any] = []
+        for _ in range(100_000):
+            deep = [deep]
+        with pytest.raises(ClipperError) as info:
+            c.set_policy_state("a", deep)
+        assert isinstance(info.value.__cause__, RecursionError | ValueError | TypeError)
+        with pytest.raises(ClipperError) as info:
+            c.get_policy_state("b")
+        assert isinstance(info.value.__cause__, KeyError)
+        with pytest.raises(ClipperError) as info:
+            c.set_policy_state("b", {"w": 1})
+        assert isinstance(info.value.__cause__, LookupError)
+
+
+@pytest.mark.anyio
+async def test_an_async_model_swallowing_cancellation_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """stop() abandons an async model that ignores its cancellation: WARNING and a count."""
+    import logging
+
+    release = asyncio.Event()
+
+    async def stubborn(xs: list[Any]) -> list[Any]:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # swallowed
+                await asyncio.sleep(0.01)
+        return list(xs)
+
+    caplog.set_level(logging.WARNING, logger="clipperlite")
+    c = Clipper(cache_size=0, shutdown_grace_s=0.1)
+    await c.start()
+    c.register_application("a", "any", None, 10_000_000)
+    await c.deploy_model("m", 1, "any", stubborn)
+    c.link_model_to_app("a", "m")
+    query = asyncio.ensure_future(c.predict("a", 1))
+    await asyncio.sleep(0.05)
+    await c.stop()
+    assert (await query).default
+    assert c.statistics().abandoned_threads == 1
+    assert "ignored its cancellation" in caplog.text
+    release.set()
+    await asyncio.sleep(0.03)
+
+
+@pytest.mark.anyio
+async def test_the_default_output_is_not_shared_between_callers() -> None:
+    """Mutating one default answer (or get_app_info's) changes no other caller's."""
+    async with Clipper() as c:
+        default = {"label": None, "scores": [0.0]}
+        c.register_application("a", "any", default, 1_000_000)
+        default["label"] = "changed by the registrant"
+        p1 = await c.predict("a", 1)
+        assert p1.output == {"label": None, "scores": [0.0]}
+        p1.output["scores"].append(99)
+        c.get_app_info("a")["default_output"]["label"] = "changed by a reader"
+        p2 = await c.predict("a", 2)
+        assert p2.output == {"label": None, "scores": [0.0]}
+        assert c.get_app_info("a")["default_output"] == {"label": None, "scores": [0.0]}
+        c.register_application("b", "any", 7, 1_000_000)
+        assert (await c.predict("b", 1)).output == 7
+
+
+def _forking_model() -> Any:
+    def model(xs: list[Any]) -> list[Any]:
+        import os
+
+        os.fork()  # and no _exit: both processes return from here
+        return [x * 10 for x in xs]
+
+    return model
+
+
+@pytest.mark.anyio
+async def test_a_model_that_forks_without_exit_cannot_hand_out_wrong_answers() -> None:
+    """A fork of the worker that returns from the model never answers a query."""
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", None, 5_000_000)
+        await c.deploy_model("m", 1, "any", _forking_model(), backend="process", batch_size=1)
+        c.link_model_to_app("a", "m")
+        for i in range(1, 6):
+            p = await c.predict("a", i)
+            assert p.output == i * 10, p

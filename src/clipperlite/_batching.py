@@ -290,8 +290,14 @@ class Batcher:
         n = len(batch)
         if isinstance(raw, np.ndarray) and raw.ndim >= 1:
             outputs: Any = raw.tolist() if raw.ndim == 1 else list(raw)
-        elif isinstance(raw, list | tuple):
+        elif type(raw) is list or type(raw) is tuple:
             outputs = raw
+        elif isinstance(raw, list | tuple):
+            # A subclass is read for what it holds (C-level copy), so an overridden
+            # __len__ or __iter__ cannot make a short list pass for a full one.
+            outputs = (
+                list.copy(raw) if isinstance(raw, list) else tuple.__getitem__(raw, slice(None))
+            )
         else:
             return (
                 None,

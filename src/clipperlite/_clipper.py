@@ -598,7 +598,12 @@ class Clipper:
         app = self._registry.app(app_name)
         if not app.links:
             return None
-        return copy.deepcopy(app.policy_state())
+        try:
+            return copy.deepcopy(app.policy_state())
+        except Exception as exc:  # the policy's init_state, or a state that cannot be copied
+            raise ClipperError(
+                f"cannot read the policy state of app {app_name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def set_policy_state(self, app_name: str, state: Any) -> None:
         """Restore a state from `get_policy_state` (checked: it may name only linked models).
@@ -618,9 +623,9 @@ class Clipper:
                 if restore is not None
                 else copy.deepcopy(state)
             )
-        except ValueError as exc:
+        except Exception as exc:  # a state that does not fit, cannot be copied, is too deep
             raise ClipperError(
-                f"cannot restore the policy state of app {app_name!r}: {exc}"
+                f"cannot restore the policy state of app {app_name!r}: {type(exc).__name__}: {exc}"
             ) from exc
         app.state, app.state_links = restored, app.links
 

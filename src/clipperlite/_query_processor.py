@@ -262,9 +262,7 @@ class QueryProcessor:
         defaults = a.stats.defaults
         defaults[cause] = defaults.get(cause, 0) + 1
         latency = self._record(a, t0)
-        return Prediction(
-            qid, a.default_output, True, explanation, models, confidence, latency, cause
-        )
+        return Prediction(qid, a.default(), True, explanation, models, confidence, latency, cause)
 
     def _record(self, a: App, t0: float) -> float:
         """Count one query of app `a` that started at t0; its latency in microseconds."""
