@@ -90,7 +90,8 @@ def _bad_element(items: Any, input_type: str) -> str | None:
             return f"element {i} is {_describe(v)}: out of the int32 range"
         if input_type != "integers":
             limit = _FLOAT32_MAX if input_type == "floats" else _FLOAT64_MAX
-            if isinstance(num, np.floating) and np.isfinite(num) and abs(num) > limit:
+            wide = isinstance(num, np.floating) and num.dtype.itemsize > 8  # a longdouble
+            if wide and np.isfinite(num) and abs(num) > np.longdouble(limit):
                 bits = "float32" if input_type == "floats" else "float64"
                 return f"element {i} is {_describe(num)}: out of the {bits} range"
             try:
@@ -164,8 +165,12 @@ def _numeric_validator(input_type: str) -> Validator:
             # Narrowing: to float32, or a longdouble to float64 (which would become inf).
             limit = _FLOAT32_MAX if input_type == "floats" else _FLOAT64_MAX
             finite = arr[np.isfinite(arr)] if kind == "f" else arr
-            if finite.size and np.abs(finite).max() > limit:
-                raise _invalid(app, input_type, _why(list(arr), input_type))
+            if finite.size:
+                peak = np.abs(finite).max()
+                # Compared in the wider type: a longdouble past float64 would become inf.
+                wide = peak.dtype.itemsize > 8
+                if (peak > np.longdouble(limit)) if wide else float(peak) > limit:
+                    raise _invalid(app, input_type, _why(list(arr), input_type))
         # Always a private copy: a caller mutating its array later must not change a
         # queued query or a cached key.
         out = np.array(arr, dtype=dtype, copy=True) if arr is x or arr.dtype != dtype else arr
