@@ -49,3 +49,13 @@ MIN_BUDGET_S = 0.0005
 #: Seconds a replica's stop waits for a thread to end after its last batch when no grace
 #: is asked for (a scale-down or replacement).
 REPLICA_STOP_S = 1.0
+
+#: Exp4's learning rate (a weight is multiplied by exp(-eta * loss) per feedback).
+#: Chosen by benchmarks/selection.py on tuning data only (digits splits and simulation
+#: seeds it is not judged on); see docs/concepts/selection.md, "Choosing eta".
+EXP4_ETA = 0.1
+
+#: Predictions remembered per app for the feedback join (which model answered an
+#: input, and with what probability, keyed by context and a hash of the input key):
+#: feedback usually follows its prediction closely, and a record is a few small objects.
+SERVED_RECORDS = 4096
