@@ -53,7 +53,9 @@ REPLICA_STOP_S = 1.0
 #: Exp4's learning rate (a weight is multiplied by exp(-eta * loss) per feedback).
 #: Chosen by benchmarks/selection.py ("2b") on tuning data only (digits splits 10-14,
 #: CIFAR-style seeds 0-2; judged on others): the best worst-task margin over the best
-#: single model. Lower rates ensemble better on CIFAR-style data but lose on digits,
+#: single model picks 0.1 (--quick) or 0.5 (full); 0.1 is kept because it beats the best
+#: single model on the judged CIFAR-style seeds and 0.5 does not. Lower rates ensemble
+#: better on CIFAR-style data but lose on digits,
 #: higher ones follow the best model but pay for it while learning; see
 #: docs/concepts/selection.md, "Choosing Exp4's eta".
 EXP4_ETA = 0.1
