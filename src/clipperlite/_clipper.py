@@ -426,8 +426,8 @@ class Clipper:
             **deploy_options: `deploy_model`'s keyword options.
 
         Raises:
-            The errors of `register_application` and `deploy_model`; if the deployment
-            fails, nothing of it stays registered.
+            ClipperError: The errors of `register_application` and `deploy_model`; if
+                the deployment fails, nothing of it stays registered.
         """
         self._require_running("create an endpoint")
         if name in self._registry.models:

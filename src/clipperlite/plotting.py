@@ -12,7 +12,7 @@ each returned figure once::
 What a plot shows:
 
 - query latency: each app's p50 and p99 (from `statistics()`, since it was registered)
-  against its SLO;
+  against its SLO, on a log scale (with `model`, the apps linked to it);
 - batch size over time, each batch a point, and AIMD's `max_batch` after it as a step
   line (from `history()`, the last `history_size` batches of a version);
 - batch latency over time against the model's budget ``B = max(0.5 ms, (SLO -
@@ -62,21 +62,17 @@ class PolicyRecorder:
     Args:
         clipper: The Clipper the app is registered with.
         app: The application's name.
-        context: The policy context to record (None: the app's shared state).
         maxlen: The most states kept.
 
     Raises:
         ValueError: `maxlen` is not a positive int.
     """
 
-    def __init__(
-        self, clipper: clipperlite.Clipper, app: str, *, context: Any = None, maxlen: int = 1000
-    ) -> None:
+    def __init__(self, clipper: clipperlite.Clipper, app: str, *, maxlen: int = 1000) -> None:
         if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
         self.clipper = clipper
         self.app = app
-        self.context = context
         self._states: deque[Any] = deque(maxlen=maxlen)
 
     def __repr__(self) -> str:
@@ -96,7 +92,7 @@ class PolicyRecorder:
         Raises:
             clipperlite.UnknownApplicationError: The app is not registered.
         """
-        state = self._read()
+        state = self.clipper.get_policy_state(self.app)
         if state is not None:
             self._states.append(state)
 
@@ -110,16 +106,8 @@ class PolicyRecorder:
         Raises:
             clipperlite.ClipperError: As `Clipper.feedback` does.
         """
-        if self.context is None:
-            await self.clipper.feedback(self.app, x, y)
-        else:
-            await self.clipper.feedback(self.app, x, y, context=self.context)
+        await self.clipper.feedback(self.app, x, y)
         self.record()
-
-    def _read(self) -> Any:
-        if self.context is None:
-            return self.clipper.get_policy_state(self.app)
-        return self.clipper.get_policy_state(self.app, context=self.context)
 
 
 def _figure(rows: int) -> tuple[Figure, list[Axes]]:
@@ -127,12 +115,20 @@ def _figure(rows: int) -> tuple[Figure, list[Axes]]:
     return fig, [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
 
 
+def _root(ax: Any) -> Figure:
+    """The Figure an Axes is drawn in (through a SubFigure too)."""
+    fig = ax.figure
+    while not isinstance(fig, Figure):
+        fig = fig.figure
+    return fig
+
+
 def _budget_micros(clipper: clipperlite.Clipper, name: str, version: int | str) -> float:
     """The model version's batch-latency budget B, by the documented rule."""
     info = clipper.get_model_info(name, version)
     slos = [clipper.get_app_info(a)["slo_micros"] for a in info["linked_apps"]]
     slo = min(slos) if slos else _UNLINKED_SLO_MICROS
-    return max(_MIN_BUDGET_MICROS, (slo - info["batch_wait_micros"]) / 2.0)
+    return max(_MIN_BUDGET_MICROS, (float(slo) - float(info["batch_wait_micros"])) / 2.0)
 
 
 def _versions(clipper: clipperlite.Clipper, model: str | None) -> list[tuple[str, int | str]]:
@@ -145,22 +141,28 @@ def _versions(clipper: clipperlite.Clipper, model: str | None) -> list[tuple[str
     return [(m.name, m.version) for m in stats.models if not m.stopped]
 
 
-def _plot_latency(clipper: clipperlite.Clipper, ax: Axes) -> None:
-    """Each app's p50 and p99 query latency (bars, ms) against its SLO (a tick above)."""
-    apps = clipper.statistics().apps
+def _plot_latency(clipper: clipperlite.Clipper, ax: Axes, model: str | None) -> None:
+    """Each app's p50 and p99 query latency (bars, ms, log scale) against its SLO (a dash).
+
+    With `model`, only the apps linked to it.
+    """
+    apps = [a for a in clipper.statistics().apps if model is None or model in a.linked_models]
     xs = list(range(len(apps)))
-    p50 = [(a.latency_p50_micros or 0.0) / _MS for a in apps]
-    p99 = [(a.latency_p99_micros or 0.0) / _MS for a in apps]
-    ax.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
-    ax.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
+
+    def ms(micros: float | None) -> float:
+        return math.nan if micros is None else micros / _MS
+
+    ax.bar([x - 0.2 for x in xs], [ms(a.latency_p50_micros) for a in apps], width=0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [ms(a.latency_p99_micros) for a in apps], width=0.4, label="p99")
     for x, a in zip(xs, apps, strict=True):
         ax.hlines(a.slo_micros / _MS, x - 0.45, x + 0.45, colors="red", linestyles="dashed")
     if apps:
         ax.plot([], [], color="red", linestyle="dashed", label="SLO")
+        ax.set_yscale("log")
     ax.set_xticks(xs, [a.name for a in apps])
     ax.set_ylabel("latency (ms)")
     ax.set_title("Query latency against each app's SLO")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
 
 
 def _time_axis(ax: Axes) -> None:
@@ -246,13 +248,13 @@ def plot(clipper: clipperlite.Clipper, model: str | None = None, *, ax: Any = No
         fig, axes = _figure(3)
     elif hasattr(ax, "plot"):
         _plot_batch_sizes(clipper, ax, versions, t0)
-        return ax.figure  # type: ignore[no-any-return]
+        return _root(ax)
     else:
         axes = list(ax)
         if len(axes) != 3:
             raise TypeError(f"ax must be None, one Axes or three Axes, got {len(axes)} items")
-        fig = axes[0].figure
-    _plot_latency(clipper, axes[0])
+        fig = _root(axes[0])
+    _plot_latency(clipper, axes[0], model)
     _plot_batch_sizes(clipper, axes[1], versions, t0)
     _plot_batch_latency(clipper, axes[2], versions, t0)
     return fig
@@ -307,7 +309,7 @@ def plot_policy(
     if ax is None:
         fig, (ax,) = _figure(1)
     else:
-        fig = ax.figure  # type: ignore[assignment]
+        fig = _root(ax)
     states = recorder.states if recorder is not None and len(recorder) else []
     if states:
         series: dict[str, list[float]] = {}
