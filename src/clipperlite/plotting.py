@@ -159,6 +159,10 @@ def _plot_latency(clipper: clipperlite.Clipper, ax: Axes, model: str | None) -> 
     if apps:
         ax.plot([], [], color="red", linestyle="dashed", label="SLO")
         ax.set_yscale("log")
+        shown = [ms(a.latency_p50_micros) for a in apps] + [a.slo_micros / _MS for a in apps]
+        positive = [v for v in shown if v > 0]  # NaN (no query yet) is not
+        if positive:
+            ax.set_ylim(bottom=min(positive) / 4)  # bars rise from well below
     ax.set_xticks(xs, [a.name for a in apps])
     ax.set_ylabel("latency (ms)")
     ax.set_title("Query latency against each app's SLO")
