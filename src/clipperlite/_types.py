@@ -210,6 +210,9 @@ class ModelStatistics:
     max_batch_size: int
     #: Smoothed batch latency in microseconds, as admission control estimates it.
     batch_latency_micros: float
+    #: The batch-latency budget B that AIMD sizes batches against, in microseconds
+    #: (None for a fixed `batch_size`): half the tightest SLO of the apps it serves.
+    batch_budget_micros: float | None
     #: Queries waiting in the queue now.
     queue_length: int
     #: Batches that failed (the model raised, returned the wrong length, its worker died).

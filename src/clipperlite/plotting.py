@@ -44,10 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PolicyRecorder", "plot", "plot_policy"]
 
-#: The SLO a model's budget is derived from while no app links it (microseconds).
-_UNLINKED_SLO_MICROS = 100_000.0
-#: The smallest budget (microseconds).
-_MIN_BUDGET_MICROS = 500.0
 _MS = 1_000.0
 
 
@@ -123,12 +119,12 @@ def _root(ax: Any) -> Figure:
     return fig
 
 
-def _budget_micros(clipper: clipperlite.Clipper, name: str, version: int | str) -> float:
-    """The model version's batch-latency budget B, by the documented rule."""
-    info = clipper.get_model_info(name, version)
-    slos = [clipper.get_app_info(a)["slo_micros"] for a in info["linked_apps"]]
-    slo = min(slos) if slos else _UNLINKED_SLO_MICROS
-    return max(_MIN_BUDGET_MICROS, (float(slo) - float(info["batch_wait_micros"])) / 2.0)
+def _budget_micros(clipper: clipperlite.Clipper, name: str, version: int | str) -> float | None:
+    """The model version's batch-latency budget B (None for a fixed batch size)."""
+    for m in clipper.statistics().models:
+        if m.name == name and m.version == version:
+            return m.batch_budget_micros
+    return None
 
 
 def _versions(clipper: clipperlite.Clipper, model: str | None) -> list[tuple[str, int | str]]:
@@ -215,12 +211,14 @@ def _plot_batch_latency(
             alpha=0.5,
             label=f"{name} v{version} batch latency",
         )[0]
-        ax.axhline(
-            _budget_micros(clipper, name, version) / _MS,
-            color=points.get_color(),
-            linestyle="dashed",
-            label=f"{name} v{version} budget B",
-        )
+        budget = _budget_micros(clipper, name, version)
+        if budget is not None:
+            ax.axhline(
+                budget / _MS,
+                color=points.get_color(),
+                linestyle="dashed",
+                label=f"{name} v{version} budget B",
+            )
     ax.set_ylabel("batch latency (ms)")
     ax.set_title("Batch latency against the budget")
     _time_axis(ax)
