@@ -375,9 +375,7 @@ class ModelVersion:
             mean_batch_size=(s.items / s.batches) if s.batches else 0.0,
             max_batch_size=self.sizer.max_batch,
             batch_latency_micros=s.latency_ewma * 1e6,
-            batch_budget_micros=(
-                self.sizer.budget * 1e6 if isinstance(self.sizer, AIMD) else None
-            ),
+            batch_budget_micros=(self.sizer.budget * 1e6 if isinstance(self.sizer, AIMD) else None),
             queue_length=len(self.batcher.queue),
             errors=s.errors,
             retried_batches=s.retries,
