@@ -3,6 +3,8 @@ names found through the `clipperlite.backends` entry points, and clear errors ot
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from importlib import metadata
 from typing import Any
@@ -150,3 +152,30 @@ async def test_a_missing_extra_names_its_pip_install(monkeypatch: pytest.MonkeyP
         _with_entry_points(monkeypatch, _FakeEntryPoint("ray", ImportError("No module 'ray'")))
         with pytest.raises(ClipperError, match=r"pip install 'clipperlite\[ray\]'"):
             await clipper.deploy_model("m", 1, "doubles", _double, backend="ray")
+
+
+class SlowBackend(InlineBackend):
+    """A backend whose replicas take a while to start (a big model loading)."""
+
+    async def start_replica(self, func: Any, *, name: str) -> Replica:
+        await asyncio.sleep(0.2)
+        return await super().start_replica(func, name=name)
+
+
+async def test_a_slow_replica_start_logs_its_progress(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica still starting after SLOW_START_LOG_S is logged at INFO with what it
+    waits for, and again when it is ready."""
+    from clipperlite import _defaults
+
+    monkeypatch.setattr(_defaults, "SLOW_START_LOG_S", 0.05)
+    caplog.set_level(logging.INFO, logger="clipperlite")
+    async with Clipper() as clipper:
+        await clipper.deploy_model("big", 1, "doubles", _double, backend=SlowBackend())
+    messages = [r.getMessage() for r in caplog.records if r.name == "clipperlite"]
+    assert any(
+        "deploying model 'big' version 1: starting replica 1 of 1 (SlowBackend backend)" in m
+        for m in messages
+    ), messages
+    assert any("replica 1 of 1 ready after" in m for m in messages), messages

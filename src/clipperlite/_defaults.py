@@ -64,3 +64,7 @@ EXP4_ETA = 0.1
 #: input, and with what probability, keyed by context and a hash of the input key):
 #: feedback usually follows its prediction closely, and a record is a few small objects.
 SERVED_RECORDS = 4096
+
+#: Seconds after which a replica still starting is logged as slow (at INFO), with what it
+#: waits for: long enough that ordinary thread starts stay quiet.
+SLOW_START_LOG_S = 1.0

@@ -111,9 +111,13 @@ class ThreadReplica:
         await asyncio.wait([self._exited], timeout=grace)
         if not self._exited.done() and self._force_stop():
             await asyncio.wait([self._exited], timeout=1.0)
-        if self._exited.done() and thread.is_alive():
-            # It has said goodbye and is returning: join it off the loop.
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, 1.0)
+        if self._exited.done():
+            # It has said goodbye and is only returning; wait for that without blocking the
+            # loop (a join off the loop would leave an executor thread behind).
+            for _ in range(200):
+                if not thread.is_alive():
+                    break
+                await asyncio.sleep(0.005)
         if thread.is_alive():
             logger.warning(
                 "clipperlite: replica thread %r is stuck in its model call; abandoning it",
