@@ -749,3 +749,30 @@ async def test_a_model_that_forks_without_exit_cannot_hand_out_wrong_answers() -
         for i in range(1, 6):
             p = await c.predict("a", i)
             assert p.output == i * 10, p
+
+
+# -- 13: mistakes that pass silently -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_slo_given_in_milliseconds_is_warned_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """slo_micros=50 (meant as 50 ms) logs one WARNING saying it is in microseconds."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="clipperlite")
+
+    def slowish(xs: list[Any]) -> list[Any]:
+        time.sleep(0.002)
+        return list(xs)
+
+    async with Clipper(cache_size=0) as c:
+        c.register_application("a", "any", None, 50)
+        await c.deploy_model("m", 1, "any", slowish)
+        c.link_model_to_app("a", "m")
+        for i in range(5):
+            assert (await c.predict("a", i)).default
+    lines = [r.getMessage() for r in caplog.records if "slo_micros=50" in r.getMessage()]
+    assert len(lines) == 1
+    assert "microseconds" in lines[0] or "measured batch latency" in lines[0]

@@ -5,6 +5,7 @@ and of one feedback (the same choice and outputs, then the policy's update)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -16,6 +17,8 @@ from ._queue import DONE, Query
 from ._registry import App, Model, Served
 from ._timers import DeadlineTimer
 from ._types import DefaultCause, Failure, Prediction
+
+logger = logging.getLogger("clipperlite")
 
 _MISS = PredictionCache.MISS
 _LATE = Failure(DefaultCause.DEADLINE, "did not answer within the deadline")
@@ -99,6 +102,8 @@ class QueryProcessor:
             cause = failure.cause
             assert isinstance(cause, DefaultCause)  # a cancelled query has no caller left
             explanation = self._explain(a, name, mv, failure, deadline - t0)
+            if cause is DefaultCause.DEADLINE and not a.slo_warned:
+                self._warn_slo(a, name, mv)
             return self._default(a, qid, t0, cause, explanation)
         try:
             answer, confidence = policy.combine(state, xv, outputs)
@@ -319,6 +324,27 @@ class QueryProcessor:
         a.stats.queries += 1
         a.stats.latency.record(latency)
         return latency
+
+    @staticmethod
+    def _warn_slo(a: App, name: str, mv: ModelVersion | None) -> None:
+        """Say once per app, at WARNING, when its SLO cannot be met: below the model's
+        measured batch latency, or so small it was likely given in milliseconds."""
+        slo = a.slo_micros
+        latency = mv.batcher.stats.latency_ewma * MICROS if mv is not None else 0.0
+        if latency > slo:
+            why = f"below model {name!r}'s measured batch latency ({latency:.0f} µs)"
+        elif slo < 1000:
+            why = f"under 1 ms: slo_micros is in microseconds ({slo:g} ms is {slo * 1000:.0f})"
+        else:
+            return
+        a.slo_warned = True
+        logger.warning(
+            "clipperlite: app %r has slo_micros=%g, %s; its queries get the default"
+            " (deadline). Raise slo_micros.",
+            a.name,
+            slo,
+            why,
+        )
 
     @staticmethod
     def _explain(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:

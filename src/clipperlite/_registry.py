@@ -81,6 +81,8 @@ class App:
     key: KeyFunc
     #: Whether each default answer gets a copy of `default_output` (it is mutable).
     copy_default: bool = False
+    #: Whether the "SLO cannot be met" warning was logged (once per app).
+    slo_warned: bool = False
     links: tuple[str, ...] = ()
     state: Any = None
     state_links: tuple[str, ...] | None = None
