@@ -324,9 +324,7 @@ class Batcher:
             self._suppressed += 1
             return
         self._next_log = now + _defaults.ERROR_LOG_INTERVAL_S
-        more = (
-            f" ({self._suppressed} more since the last one logged)" if self._suppressed else ""
-        )
+        more = f" ({self._suppressed} more since the last one logged)" if self._suppressed else ""
         self._suppressed = 0
         logger.warning(
             "clipperlite: model %s raised %s on a batch of %d%s",
