@@ -126,7 +126,9 @@ class Batcher:
     # -- admission -----------------------------------------------------------------
     @property
     def active_replicas(self) -> int:
-        return len(self.replicas)
+        """Replicas in service and not on their way out (one being replaced may linger in
+        `replicas` until its successor runs, so that queries always have a replica)."""
+        return sum(1 for slot in self.replicas if not slot.stopping)
 
     def submit(self, q: Query) -> Failure | None:
         """Queue a query, or say why it cannot be (no replica, queue full, closing)."""

@@ -35,6 +35,8 @@ class _ChildProcess:
         self._conn_in: Connection | None = None
         self._conn_out: Connection | None = None
         self.restarts = 0
+        #: Set once the replica is being stopped: a worker killed then is not restarted.
+        self.stopping = False
         #: The number of the last request, echoed by the worker in its reply.
         self._seq = 0
 
@@ -119,16 +121,18 @@ class _ChildProcess:
     def restart_if_dead(self) -> None:
         """Replace the worker if it died, logging rather than raising when that fails
         (the next batch tries again)."""
-        if not self.dead:
+        if not self.dead or self.stopping:
             return
         try:
             self.restart()
         except Exception:
-            logger.exception("clipperlite: could not restart worker process %s", self._name)
+            if not self.stopping:  # else it was killed on purpose while it started
+                logger.exception("clipperlite: could not restart worker process %s", self._name)
             self.close()
 
     def kill(self) -> None:
-        """Kill the process now (safe from any thread)."""
+        """Kill the process now, for good: it is not restarted (safe from any thread)."""
+        self.stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.kill()
