@@ -3,18 +3,29 @@ through a real Clipper (actors killed, hung, stopped, scaled under load)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
+import numpy as np  # noqa: E402
+
 import clipperlite  # noqa: E402
-from backend_contract import BackendContract, WorkerProcessContract  # noqa: E402
+from backend_contract import (  # noqa: E402
+    BackendContract,
+    FailsToLoad,
+    WorkerProcessContract,
+)
 from clipperlite.ray import RayBackend  # noqa: E402
+from helpers import eventually  # noqa: E402
 
 pytestmark = [
     # Ray's own import-time and shutdown-time deprecation notices (not ours).
@@ -34,10 +45,11 @@ def ray_runtime() -> Iterator[None]:
         ray.shutdown()
 
 
-def live_actor_processes() -> list[int]:
-    """PIDs of this machine's Ray workers holding a clipperlite replica actor (Ray titles an
-    actor's process `ray::<class name>`)."""
-    pids = []
+def actor_titles() -> dict[int, str]:
+    """This machine's Ray workers holding a clipperlite replica actor, by PID, with their
+    process titles (Ray titles an actor's process `ray::<class>`, `ray::<class>.<method>`
+    while it runs a call)."""
+    titles = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -47,8 +59,18 @@ def live_actor_processes() -> list[int]:
         except OSError:
             continue
         if cmdline.startswith(b"ray::ClipperliteReplica") and state != "Z":
-            pids.append(int(entry))
-    return pids
+            titles[int(entry)] = cmdline.split(b"\0")[0].decode(errors="replace")
+    return titles
+
+
+def live_actor_processes() -> list[int]:
+    """PIDs of this machine's Ray workers holding a clipperlite replica actor."""
+    return list(actor_titles())
+
+
+def in_a_batch(pid: int) -> bool:
+    """Whether the actor in process `pid` is running a batch now."""
+    return actor_titles().get(pid, "").startswith("ray::ClipperliteReplica.run")
 
 
 class TestRayBackendContract(BackendContract, WorkerProcessContract):
@@ -64,3 +86,196 @@ class TestRayBackendContract(BackendContract, WorkerProcessContract):
     def leftover_workers(self) -> int:
         """Replica actors alive on this machine."""
         return len(live_actor_processes())
+
+
+# -- models for the Clipper-level tests (module level: the actors import them) ---------------
+
+
+def pid_of_worker(xs: list[Any]) -> list[float]:
+    """The worker's process id, once per input (after 5 ms of work per batch)."""
+    time.sleep(0.005)
+    return [float(os.getpid())] * len(xs)
+
+
+def hang_on_13(xs: list[Any]) -> list[float]:
+    """Hang when an input sums to 13, else answer with the worker's process id."""
+    if any(float(x.sum()) == 13.0 for x in xs):
+        time.sleep(60)
+    return [float(os.getpid())] * len(xs)
+
+
+async def async_sum(xs: list[Any]) -> list[float]:
+    """An `async def` model: each input's sum."""
+    await asyncio.sleep(0)
+    return [float(x.sum()) for x in xs]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (and is not a zombie) on this machine."""
+    return pid in live_actor_processes()
+
+
+async def ray_clipper(**options: Any) -> clipperlite.Clipper:
+    """A started Clipper with an app "app" of doubles (SLO 5 s unless told)."""
+    clipper = await clipperlite.Clipper(**options).start()
+    clipper.register_application("app", "doubles", -1.0, 5_000_000)
+    return clipper
+
+
+async def deploy(clipper: clipperlite.Clipper, func: Any, **options: Any) -> None:
+    """Deploy `func` as model "m" on Ray (half a CPU per actor) and link it to "app"."""
+    options.setdefault("backend_options", {"num_cpus": 0.5})
+    await clipper.deploy_model("m", 1, "doubles", func, backend="ray", **options)
+    clipper.link_model_to_app("app", "m")
+
+
+# -- through a real Clipper ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_backend_ray_by_name_serves(ray_runtime: None) -> None:
+    """backend="ray" resolves RayBackend through the entry point and serves queries."""
+    clipper = await ray_clipper()
+    try:
+        await deploy(clipper, async_sum)
+        answers = await clipper.predict_batch("app", [[1.0, 2.0], [3.0, 4.0], [5.0, 0.5]])
+        assert [(p.default, p.output) for p in answers] == [
+            (False, 3.0),
+            (False, 7.0),
+            (False, 5.5),
+        ]
+        (model,) = clipper.statistics().models
+        assert model.backend == "ray"
+    finally:
+        await clipper.stop()
+
+
+@pytest.mark.anyio
+async def test_killed_actor_gives_worker_died_then_a_replacement(ray_runtime: None) -> None:
+    """An actor killed mid-batch (SIGKILL): its query gets worker_died, the next are served."""
+    backend = RayBackend(num_cpus=0.5)
+    clipper = await ray_clipper()
+    try:
+        await clipper.deploy_model("m", 1, "doubles", hang_on_13, backend=backend)
+        clipper.link_model_to_app("app", "m")
+        first = await clipper.predict("app", [1.0])
+        assert not first.default
+        pid = int(first.output)
+        stuck = asyncio.ensure_future(clipper.predict("app", [13.0]))  # hangs in the actor
+        assert await eventually(lambda: in_a_batch(pid))
+        queued = [asyncio.ensure_future(clipper.predict("app", [100.0 + i])) for i in range(5)]
+        await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer does it
+        died = await stuck
+        assert died.default and died.default_cause == clipperlite.DefaultCause.WORKER_DIED
+        later = await asyncio.gather(*queued)
+        assert all(not p.default for p in later)
+        assert pid not in {int(p.output) for p in later}
+        (model,) = clipper.statistics().models
+        assert model.errors >= 1
+    finally:
+        await clipper.stop()
+
+
+@pytest.mark.anyio
+async def test_ray_kill_mid_batch_reports_then_restarts(ray_runtime: None) -> None:
+    """ray.kill of a replica's actor mid-batch raises WorkerDiedError; a new actor serves."""
+    replica = await RayBackend().start_replica(hang_on_13, name="killed")
+    try:
+        (pid,) = set((await replica.run_batch([np.ones(1)])).outputs)
+        batch = asyncio.ensure_future(replica.run_batch([np.array([13.0])]))
+        assert await eventually(lambda: in_a_batch(int(pid)))
+        ray.kill(replica.actor)  # type: ignore[attr-defined]
+        with pytest.raises(clipperlite.WorkerDiedError, match="died"):
+            await batch
+        (new_pid,) = set((await replica.run_batch([np.ones(2)])).outputs)
+        assert new_pid != pid
+        assert await eventually(lambda: not pid_alive(int(pid)))
+    finally:
+        assert await replica.stop(1.0)
+
+
+@pytest.mark.anyio
+async def test_hung_actor_is_killed_and_replaced(ray_runtime: None) -> None:
+    """A batch hung far past its deadlines gets its actor killed and a new one serving."""
+    clipper = await ray_clipper(hang_timeout_s=0.3)
+    try:
+        await deploy(clipper, hang_on_13)
+        first = await clipper.predict("app", [1.0])
+        hung = await clipper.predict("app", [13.0], slo_micros=100_000)
+        assert hung.default and hung.default_cause == clipperlite.DefaultCause.DEADLINE
+        after = await clipper.predict("app", [2.0])
+        assert not after.default and after.output != first.output
+        assert await eventually(lambda: not pid_alive(int(first.output)))
+        (model,) = clipper.statistics().models
+        assert model.replaced_replicas >= 1 and model.abandoned_threads == 0
+    finally:
+        await clipper.stop()
+
+
+@pytest.mark.anyio
+async def test_stop_model_and_stop_leave_no_actor(ray_runtime: None) -> None:
+    """stop_model, then stop(), end every actor they started."""
+    before = set(live_actor_processes())
+    clipper = await ray_clipper()
+    try:
+        await deploy(clipper, pid_of_worker, num_replicas=2)
+        await clipper.predict_batch("app", [[1.0]] * 8)
+        assert len(set(live_actor_processes()) - before) == 2
+        await clipper.stop_model("m")
+        assert await eventually(lambda: not set(live_actor_processes()) - before)
+        await clipper.deploy_model(
+            "m", 2, "doubles", pid_of_worker, backend="ray", backend_options={"num_cpus": 0.5}
+        )
+        assert not (await clipper.predict("app", [1.0])).default
+        assert len(set(live_actor_processes()) - before) == 1
+    finally:
+        await clipper.stop()
+    assert await eventually(lambda: not set(live_actor_processes()) - before)
+
+
+@pytest.mark.anyio
+async def test_failing_model_raises_at_deploy(ray_runtime: None) -> None:
+    """A model that cannot load in its actor fails deploy_model, with the actor's reason."""
+    before = set(live_actor_processes())
+    clipper = await ray_clipper()
+    try:
+        with pytest.raises(clipperlite.ClipperError) as caught:
+            await deploy(clipper, FailsToLoad())
+        chain, error = [], caught.value
+        while error is not None:
+            chain.append(str(error))
+            error = error.__cause__
+        assert any("cannot load the weights" in text for text in chain)
+        assert clipper.get_all_models() == []
+    finally:
+        await clipper.stop()
+    assert await eventually(lambda: not set(live_actor_processes()) - before)
+
+
+@pytest.mark.anyio
+async def test_scaling_under_load_loses_no_query(ray_runtime: None) -> None:
+    """set_num_replicas up to 3 and back to 1 while queries flow: every one is answered."""
+    clipper = await ray_clipper()
+    answers: list[clipperlite.Prediction] = []
+    try:
+        await deploy(clipper, pid_of_worker, cache=False)  # every query reaches an actor
+        running = True
+
+        async def load() -> None:
+            while running:
+                answers.extend(await clipper.predict_batch("app", [[1.0], [2.0], [3.0]]))
+
+        flows = [asyncio.ensure_future(load()) for _ in range(4)]
+        await clipper.set_num_replicas("m", 3)
+        assert await eventually(lambda: len({p.output for p in answers[-60:]}) >= 3)
+        await clipper.set_num_replicas("m", 1)
+        count = len(answers)
+        assert await eventually(lambda: len(answers) > count + 60)
+        running = False
+        await asyncio.gather(*flows)
+    finally:
+        await clipper.stop()
+    assert answers and [p for p in answers if p.default] == []
+    assert len({p.output for p in answers}) >= 3  # each actor answered
+    assert len({p.output for p in answers[-30:]}) == 1  # and after scaling down, one

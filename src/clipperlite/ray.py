@@ -52,7 +52,7 @@ logger = logging.getLogger("clipperlite")
 STACK_MIN = 2
 
 #: Seconds `stop` waits, after `ray.kill`, for Ray to confirm that the actor is gone.
-KILL_CONFIRM_S = 2.0
+KILL_CONFIRM_S = 5.0
 
 _INIT_LOCK = threading.Lock()
 
@@ -190,6 +190,11 @@ class _RayReplica:
         #: Actors started for this replica after the first (deaths replaced).
         self.restarts = 0
 
+    @property
+    def actor(self) -> Any:
+        """The Ray actor handle serving now (None between a death and its replacement)."""
+        return self._actor
+
     async def start(self) -> None:
         """Start the first actor and wait until it has loaded the model."""
         self._actor = await self._backend._spawn(self._payload, self.name)
@@ -262,13 +267,13 @@ class _RayReplica:
         """Let a running batch finish within `grace_s` seconds, then kill the actor.
 
         Returns:
-            True once Ray confirms the actor is gone (False if it did not within a
-            couple of seconds of the kill).
+            True once Ray confirms the actor is gone (False if it did not within
+            `KILL_CONFIRM_S` of the kill).
         """
         self._stopped = True
         running, self._running = self._running, None
         if running is not None and self._actor is not None:
-            batch = asyncio.ensure_future(running.as_future())
+            batch = asyncio.wrap_future(running.future())
             await asyncio.wait([batch], timeout=max(0.0, grace_s))
             _forget(batch)
         restart, self._restart = self._restart, None
@@ -284,16 +289,24 @@ class _RayReplica:
 
 
 async def _kill(actor: Any) -> bool:
-    """Kill an actor and wait for Ray to confirm it is dead."""
+    """Kill an actor and wait (a few seconds at most) for Ray to confirm it is dead.
+
+    `ray.kill` is asynchronous: a call made just after it may still be answered, so the
+    actor is probed until a probe fails.
+    """
     ray.kill(actor, no_restart=True)
-    probe = asyncio.ensure_future(actor.ping.remote().as_future())
-    try:
-        await asyncio.wait_for(probe, KILL_CONFIRM_S)
-    except _ray_errors.RayActorError:
-        return True
-    except Exception:
-        return False
-    return False  # it answered after the kill
+    end = time.monotonic() + KILL_CONFIRM_S
+    while True:
+        probe = asyncio.wrap_future(actor.ping.remote().future())
+        try:
+            await asyncio.wait_for(probe, max(0.01, end - time.monotonic()))
+        except _ray_errors.RayActorError:
+            return True
+        except (asyncio.TimeoutError, _ray_errors.RayError):
+            return False
+        if time.monotonic() >= end:
+            return False
+        await asyncio.sleep(0.02)
 
 
 class RayBackend:
@@ -322,6 +335,9 @@ class RayBackend:
     Raises:
         ValueError: an option is out of range.
     """
+
+    #: The name `statistics()` reports for models on this backend.
+    name = "ray"
 
     def __init__(
         self,
