@@ -1,0 +1,311 @@
+"""Backends against their own floors, measured in one run (needs the `ray` extra).
+
+1. Scale-out: a CPU-bound pure-Python model (it holds the GIL), served through a real
+   Clipper with 1 and then 2 replicas, on the process backend and on Ray (one CPU per
+   actor); throughput ratio 2 : 1 (target >= 1.7x on 2 cores).
+2. Ray per-batch overhead: `await replica.run_batch(xs)` of a RayBackend replica against
+   a raw `await actor.run.remote(xs)` on a plain Ray actor, trivial model, batches of 1,
+   8 and 64 arrays of 200 float64s (target <= 1.3x); and the same replica with the
+   stacking of numeric batches turned off, to show what stacking saves.
+3. Process round trip: `await replica.run_batch(xs)` of the process backend against a
+   raw `multiprocessing.Pipe` round trip to a worker of our own, 200 floats (target
+   <= 1.5x); a raw pipe driven from the event loop through a thread is shown for scale.
+
+Pairs are measured in interleaved rounds; each ratio is the median of per-round ratios.
+
+    python benchmarks/backends.py            # full run, ~2 min
+    python benchmarks/backends.py --quick    # smoke run, ~1 min (Ray takes ~10 s to start)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import ray
+
+import clipperlite
+import clipperlite.ray as clipperlite_ray
+from clipperlite import Clipper
+from clipperlite.ray import RayBackend
+
+ITEM_LOOPS = 60_000  # ~5 ms of pure Python per item on this machine
+
+
+def busy(xs: list[Any]) -> list[float]:
+    """CPU-bound pure Python: holds the GIL for a few ms per input."""
+    out = []
+    for x in xs:
+        acc = 0
+        for i in range(ITEM_LOOPS):
+            acc += i * i % 7
+        out.append(float(acc) + float(x[0]))
+    return out
+
+
+def trivial(xs: list[Any]) -> list[float]:
+    """Costs nothing: the round trip is all there is."""
+    return [1.0] * len(xs)
+
+
+class RawActor:
+    """The floor: a plain Ray actor calling the same model on what it is sent."""
+
+    def run(self, xs: list[Any]) -> list[float]:
+        return trivial(xs)
+
+
+def busy_for(seconds: float) -> int:
+    """Run the model on batches of 4 for `seconds`; how many inputs it got through."""
+    end = time.perf_counter() + seconds
+    done = 0
+    while time.perf_counter() < end:
+        busy([[0.0]] * 4)
+        done += 4
+    return done
+
+
+def raw_scaling(workers: int, seconds: float) -> float:
+    """Inputs per second the model gets through in `workers` plain processes at once (what
+    the machine gives right now: the baseline of the scale-out ratios)."""
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(busy_for, [0.05] * workers)  # started and warm
+        return sum(pool.map(busy_for, [seconds] * workers)) / seconds
+
+
+def _pipe_worker(conn: Any) -> None:
+    while True:
+        try:
+            xs = conn.recv()
+        except EOFError:
+            return
+        conn.send(trivial(xs))
+
+
+# -- 1. scale-out ----------------------------------------------------------------------------
+
+
+async def throughput(backend: Any, replicas: int, seconds: float, options: Any) -> float:
+    """Queries per second through a Clipper kept full by 32 closed-loop callers."""
+    async with Clipper(cache_size=0) as clipper:
+        clipper.register_application("app", "doubles", -1.0, 30_000_000)
+        await clipper.deploy_model(
+            "busy",
+            1,
+            "doubles",
+            busy,
+            num_replicas=replicas,
+            batch_size=4,
+            backend=backend,
+            backend_options=options,
+        )
+        clipper.link_model_to_app("app", "busy")
+        done = 0
+        counting = False
+        stop = False
+
+        async def caller(k: int) -> None:
+            nonlocal done
+            i = 0
+            while not stop:
+                p = await clipper.predict("app", [float(k * 1_000_000 + i)])
+                assert not p.default, p.default_explanation
+                i += 1
+                if counting:
+                    done += 1
+
+        callers = [asyncio.ensure_future(caller(k)) for k in range(32)]
+        await asyncio.sleep(min(1.0, seconds / 3))  # warm up: every replica busy
+        counting = True
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        rate = done / (time.perf_counter() - started)
+        stop = True
+        await asyncio.gather(*callers)
+        return rate
+
+
+# -- 2. and 3. round trips -------------------------------------------------------------------
+
+
+async def per_call(call: Callable[[], Awaitable[Any]], n: int) -> float:
+    """Mean seconds per awaited call, over n calls one at a time."""
+    started = time.perf_counter()
+    for _ in range(n):
+        await call()
+    return (time.perf_counter() - started) / n
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+def sync_per_call(call: Callable[[], Any], n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - started) / n
+
+
+async def interleave(
+    pairs: dict[str, Callable[[], Any]], rounds: int, n: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender, round after round (drift hits all alike)."""
+    times: dict[str, list[float]] = {k: [] for k in pairs}
+    for _ in range(rounds):
+        for label, call in pairs.items():
+            probe = call()
+            if asyncio.iscoroutine(probe):
+                await probe
+                times[label].append(await per_call(call, n))
+            else:
+                times[label].append(sync_per_call(call, n))
+    return times
+
+
+def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+
+def micros(times: dict[str, list[float]], label: str) -> str:
+    return f"{statistics.median(times[label]) * 1e6:8.0f} µs"
+
+
+async def main(args: argparse.Namespace) -> int:
+    quick = args.quick
+    seconds = 2.0 if quick else 5.0
+    rounds, n = (3, 100) if quick else (7, 300)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    figures: dict[str, float] = {}
+    try:
+        print("1. scale-out, CPU-bound pure-Python model (~5 ms per input, batches of 4)")
+        one, two = raw_scaling(1, seconds), raw_scaling(2, seconds)
+        figures["raw processes 2:1"] = two / one
+        print(
+            f"   {'raw':8s} 1 process {one:7.1f} q/s   2 processes {two:7.1f} q/s"
+            f"   ratio {two / one:.2f}x (what the shared machine gives now)"
+        )
+        for label, backend, options in (
+            ("process", "process", None),
+            ("ray", "ray", {"num_cpus": 1}),
+        ):
+            one = await throughput(backend, 1, seconds, options)
+            two = await throughput(backend, 2, seconds, options)
+            figures[f"{label} 2:1"] = two / one
+            print(
+                f"   {label:8s} 1 replica {one:7.1f} q/s   2 replicas {two:7.1f} q/s"
+                f"   ratio {two / one:.2f}x (target >= 1.7x)"
+            )
+
+        print("2. Ray per-batch round trip, trivial model, 200-float64 arrays")
+        raw = ray.remote(RawActor).options(num_cpus=0).remote()
+        await raw.run.remote([])
+        replica = await RayBackend(num_cpus=0).start_replica(trivial, name="bench")
+        for size in (1, 8, 64):
+            xs = [np.random.default_rng(i).random(200) for i in range(size)]
+
+            async def unstacked(xs: list[Any] = xs) -> Any:
+                saved, clipperlite_ray.STACK_MIN = clipperlite_ray.STACK_MIN, 1 << 30
+                try:
+                    return await replica.run_batch(xs)
+                finally:
+                    clipperlite_ray.STACK_MIN = saved
+
+            times = await interleave(
+                {
+                    "raw actor": lambda xs=xs: _awaited(raw.run.remote(xs)),
+                    "replica": lambda xs=xs: replica.run_batch(xs),
+                    "replica, no stacking": unstacked,
+                },
+                rounds,
+                n,
+            )
+            figures[f"ray overhead {size}"] = ratio(times, "replica", "raw actor")
+            print(
+                f"   batch {size:3d}: raw actor {micros(times, 'raw actor')}"
+                f"   replica {micros(times, 'replica')}"
+                f" ({ratio(times, 'replica', 'raw actor'):.2f}x, target <= 1.3x)"
+                f"   unstacked {micros(times, 'replica, no stacking')}"
+                f" ({ratio(times, 'replica, no stacking', 'raw actor'):.2f}x)"
+            )
+        await replica.stop(1.0)
+        ray.kill(raw)
+
+        print("3. process backend round trip, trivial model, one input of 200 float64s")
+        # The built-in process backend has no public constructor: it is what
+        # deploy_model(backend="process") resolves.
+        from clipperlite._backends import BUILTIN_BACKENDS
+
+        process = await BUILTIN_BACKENDS["process"]().start_replica(trivial, name="bench")
+        ctx = multiprocessing.get_context("spawn")
+        pipes = [ctx.Pipe() for _ in range(2)]
+        workers = [ctx.Process(target=_pipe_worker, args=(c,), daemon=True) for _, c in pipes]
+        for w in workers:
+            w.start()
+        (parent, _), (reader_parent, _) = pipes
+        xs = [np.random.default_rng(0).random(200)]
+
+        def raw_pipe() -> Any:
+            parent.send(xs)
+            return parent.recv()
+
+        loop = asyncio.get_running_loop()
+        replies: list[asyncio.Future[Any]] = []
+
+        def readable() -> None:
+            replies.pop(0).set_result(reader_parent.recv())
+
+        loop.add_reader(reader_parent.fileno(), readable)
+
+        async def loop_pipe() -> Any:
+            fut = loop.create_future()
+            replies.append(fut)
+            reader_parent.send(xs)
+            return await fut
+
+        times = await interleave(
+            {
+                "raw pipe": raw_pipe,
+                "raw pipe, loop reader": loop_pipe,
+                "raw pipe via a thread": lambda: asyncio.to_thread(raw_pipe),
+                "process replica": lambda: process.run_batch(xs),
+            },
+            rounds,
+            n,
+        )
+        loop.remove_reader(reader_parent.fileno())
+        figures["process overhead"] = ratio(times, "process replica", "raw pipe")
+        print(
+            f"   raw pipe {micros(times, 'raw pipe')}"
+            f"   process replica {micros(times, 'process replica')}"
+            f" ({figures['process overhead']:.2f}x the raw pipe, target <= 1.5x)\n"
+            f"   for scale, from the event loop: raw pipe with loop.add_reader"
+            f" {micros(times, 'raw pipe, loop reader')}, raw pipe via asyncio.to_thread"
+            f" {micros(times, 'raw pipe via a thread')}"
+        )
+        await process.stop(1.0)
+        for conn, _ in pipes:
+            conn.close()
+        for w in workers:
+            w.join(5)
+    finally:
+        ray.shutdown()
+    print(
+        "summary: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in figures.items())
+        + f" (clipperlite {clipperlite.__version__}, ray {ray.__version__})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    sys.exit(asyncio.run(main(parser.parse_args())))
