@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from backend_contract import BackendContract, WorkerProcessContract
 
 import clipperlite
+from backend_contract import BackendContract, WorkerProcessContract
 from clipperlite._backends import BUILTIN_BACKENDS
 
 
