@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +30,6 @@ from clipperlite.ray import RayBackend  # noqa: E402
 from helpers import eventually  # noqa: E402
 
 pytestmark = [
-    # Ray's own import-time and shutdown-time deprecation notices (not ours).
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts actors in /proc"),
 ]
 
@@ -197,7 +197,9 @@ async def test_ray_kill_mid_batch_reports_then_restarts(ray_runtime: None) -> No
 
 @pytest.mark.anyio
 async def test_hung_actor_is_killed_and_replaced(ray_runtime: None) -> None:
-    """A batch hung far past its deadlines gets its actor killed and a new one serving."""
+    """A batch hung far past its deadlines gets its actor killed and a new one serving;
+    stop() then leaves no actor behind."""
+    before = set(live_actor_processes())
     clipper = await ray_clipper(hang_timeout_s=0.3)
     try:
         await deploy(clipper, hang_on_13)
@@ -211,11 +213,12 @@ async def test_hung_actor_is_killed_and_replaced(ray_runtime: None) -> None:
         assert model.replaced_replicas >= 1 and model.abandoned_threads == 0
     finally:
         await clipper.stop()
+    assert await eventually(lambda: not set(live_actor_processes()) - before)
 
 
 @pytest.mark.anyio
-async def test_stop_model_and_stop_leave_no_actor(ray_runtime: None) -> None:
-    """stop_model, then stop(), end every actor they started."""
+async def test_stop_model_leaves_no_actor(ray_runtime: None) -> None:
+    """stop_model ends every actor of the model (stop() is checked by the hung test)."""
     before = set(live_actor_processes())
     clipper = await ray_clipper()
     try:
@@ -224,14 +227,9 @@ async def test_stop_model_and_stop_leave_no_actor(ray_runtime: None) -> None:
         assert len(set(live_actor_processes()) - before) == 2
         await clipper.stop_model("m")
         assert await eventually(lambda: not set(live_actor_processes()) - before)
-        await clipper.deploy_model(
-            "m", 2, "doubles", pid_of_worker, backend="ray", backend_options={"num_cpus": 0.5}
-        )
-        assert not (await clipper.predict("app", [1.0])).default
-        assert len(set(live_actor_processes()) - before) == 1
+        assert (await clipper.predict("app", [2.0])).default_cause == "no_replica"
     finally:
         await clipper.stop()
-    assert await eventually(lambda: not set(live_actor_processes()) - before)
 
 
 @pytest.mark.anyio
@@ -279,3 +277,41 @@ async def test_scaling_under_load_loses_no_query(ray_runtime: None) -> None:
     assert answers and [p for p in answers if p.default] == []
     assert len({p.output for p in answers}) >= 3  # each actor answered
     assert len({p.output for p in answers[-30:]}) == 1  # and after scaling down, one
+
+
+_OWN_RUNTIME = textwrap.dedent(
+    """
+    import asyncio, ray, clipperlite
+
+    async def serve_once():
+        async with clipperlite.Clipper() as clipper:
+            clipper.register_application("app", "doubles", -1.0, 30_000_000)
+            await clipper.deploy_model("m", 1, "doubles", lambda xs: [float(x.sum()) for x in xs],
+                                       backend="ray", backend_options={"num_cpus": 0.5})
+            clipper.link_model_to_app("app", "m")
+            p = await clipper.predict("app", [1.0, 2.0])
+            assert not p.default, p.default_explanation
+            return p.output
+
+    assert not ray.is_initialized()
+    first = asyncio.run(serve_once())   # starts a local runtime (off the loop)
+    second = asyncio.run(serve_once())  # the loop and its threads are gone; Ray is not
+    print("served", first, second, ray.is_initialized())
+    ray.shutdown()
+    """
+)
+
+
+def test_starts_its_own_local_runtime_that_outlives_the_loop(tmp_path: Path) -> None:
+    """With no runtime connected, the first replica starts one, which outlives its loop."""
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_DEDUP_LOGS": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", _OWN_RUNTIME],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "served 3.0 3.0 True" in result.stdout
