@@ -192,6 +192,11 @@ class BackendContract:
                 ((3,), np.dtype(np.float64).str),
             ]
             assert [o[3] for o in result.outputs] == [3.0, 5.0, 3.0]
+            scalars = [np.array(1.5), np.array(2.5)]  # 0-d arrays stay 0-d arrays
+            assert [o[:2] for o in (await replica.run_batch(scalars)).outputs] == [
+                ("ndarray", ()),
+                ("ndarray", ()),
+            ]
         finally:
             await replica.stop(2.0)
 

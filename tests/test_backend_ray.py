@@ -29,10 +29,6 @@ from backend_contract import (  # noqa: E402
 from clipperlite.ray import RayBackend  # noqa: E402
 from helpers import eventually  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts actors in /proc"),
-]
-
 
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:

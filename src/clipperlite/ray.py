@@ -77,8 +77,8 @@ def _pack(inputs: list[Any]) -> Any:
     if len(inputs) < STACK_MIN:
         return inputs
     first = inputs[0]
-    if type(first) is not np.ndarray or first.dtype.hasobject:
-        return inputs
+    if type(first) is not np.ndarray or first.ndim == 0 or first.dtype.hasobject:
+        return inputs  # (rows of a stack of 0-d arrays would come back as numpy scalars)
     shape, dtype = first.shape, first.dtype
     for x in inputs:
         if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype:
