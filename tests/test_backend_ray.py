@@ -311,3 +311,26 @@ def test_starts_its_own_local_runtime_that_outlives_the_loop(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "served 3.0 3.0 True" in result.stdout
+
+
+def test_backend_options_are_checked_at_once() -> None:
+    """Options that Ray would refuse, or that clipperlite owns, fail when the backend is made."""
+    with pytest.raises(ValueError, match="num_cpu"):
+        RayBackend(num_cpu=1)
+    with pytest.raises(ValueError, match="num_gpus"):
+        RayBackend(num_gpus=-1)
+    with pytest.raises(ValueError, match="max_restarts"):
+        RayBackend(max_restarts=3)
+    with pytest.raises(ValueError, match="share one actor"):
+        RayBackend(name="one")
+    assert "num_cpus=2" in repr(RayBackend(num_cpus=2, scheduling_strategy="SPREAD"))
+
+
+@pytest.mark.anyio
+async def test_deploy_with_bad_backend_options_fails() -> None:
+    """deploy_model(backend="ray") with an option Ray does not know is a ClipperError."""
+    async with clipperlite.Clipper() as clipper:
+        with pytest.raises(clipperlite.ClipperError, match="num_cpu"):
+            await clipper.deploy_model(
+                "m", 1, "doubles", len, backend="ray", backend_options={"num_cpu": 1}
+            )

@@ -373,7 +373,7 @@ class RayBackend:
             `memory`, `namespace`, ...), passed through.
 
     Raises:
-        ValueError: an option is out of range.
+        ValueError: an option is out of range, or not a Ray actor option.
     """
 
     #: The name `statistics()` reports for models on this backend.
@@ -400,6 +400,9 @@ class RayBackend:
                     f"RayBackend: {option} is clipperlite's to set (one batch at a time, "
                     "dead actors replaced by clipperlite, batches never retried)"
                 )
+        for option in ("name", "get_if_exists"):
+            if option in actor_options:
+                raise ValueError(f"RayBackend: {option} would make replicas share one actor")
         self.address = address
         options: dict[str, Any] = dict(actor_options)
         if num_cpus is not None:
@@ -412,8 +415,9 @@ class RayBackend:
             options["runtime_env"] = dict(runtime_env)
         # One batch at a time, no silent restarts or retries: a death must be reported.
         options.update(max_concurrency=1, max_restarts=0, max_task_retries=0)
+        self._actor_class: Any = ray.remote(ClipperliteReplica)
+        self._actor_class.options(**options)  # Ray checks the options (ValueError) now
         self._options = options
-        self._actor_class: Any = None
         self._shipped: tuple[Callable[..., Any], Any] | None = None
 
     def __repr__(self) -> str:
@@ -463,8 +467,6 @@ class RayBackend:
 
     async def _spawn(self, payload: Any, name: str) -> Any:
         """Start an actor and wait until it loaded the model; kill it if that fails."""
-        if self._actor_class is None:
-            self._actor_class = ray.remote(ClipperliteReplica)
         actor = self._actor_class.options(**self._options).remote(
             payload, [p for p in sys.path if p]
         )
