@@ -104,6 +104,10 @@ class Clipper:
         r = self._registry
         return f"<Clipper {self._state.value}: {len(r.apps)} apps, {len(r.models)} models>"
 
+    def _repr_html_(self) -> str:
+        """The notebook view: `statistics()` as HTML tables of apps and model versions."""
+        return self.statistics()._repr_html_()
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> Clipper:
         """Start serving on the running event loop.
@@ -422,8 +426,8 @@ class Clipper:
             **deploy_options: `deploy_model`'s keyword options.
 
         Raises:
-            The errors of `register_application` and `deploy_model`; if the deployment
-            fails, nothing of it stays registered.
+            ClipperError: The errors of `register_application` and `deploy_model`; if
+                the deployment fails, nothing of it stays registered.
         """
         self._require_running("create an endpoint")
         if name in self._registry.models:

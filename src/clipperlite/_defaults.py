@@ -49,3 +49,7 @@ MIN_BUDGET_S = 0.0005
 #: Seconds a replica's stop waits for a thread to end after its last batch when no grace
 #: is asked for (a scale-down or replacement).
 REPLICA_STOP_S = 1.0
+
+#: Seconds after which a replica still starting is logged as slow (at INFO), with what it
+#: waits for: long enough that ordinary thread starts stay quiet.
+SLOW_START_LOG_S = 1.0
