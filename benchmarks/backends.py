@@ -289,6 +289,33 @@ async def main(args: argparse.Namespace) -> int:
                 f"   unstacked {micros(times, 'replica, no stacking')}"
                 f" ({ratio(times, 'replica, no stacking', 'raw actor'):.2f}x)"
             )
+        print("   stacking numeric batches, per batch: stacked : sent as a list (same replica)")
+        for size, shape, dtype in (
+            (256, (200,), np.float64),
+            (64, (784,), np.float32),
+            (16, (224, 224, 3), np.uint8),
+            (32, (100_000,), np.float64),
+        ):
+            xs = [np.random.default_rng(i).random(shape).astype(dtype) for i in range(size)]
+
+            async def as_list(xs: list[Any] = xs) -> Any:
+                saved, clipperlite_ray.STACK_MIN = clipperlite_ray.STACK_MIN, 1 << 30
+                try:
+                    return await replica.run_batch(xs)
+                finally:
+                    clipperlite_ray.STACK_MIN = saved
+
+            times = await interleave(
+                {"stacked": lambda xs=xs: replica.run_batch(xs), "list": as_list},
+                rounds,
+                max(10, n // 10),
+            )
+            figures[f"stacked {size}x{xs[0].nbytes // 1000}KB"] = ratio(times, "stacked", "list")
+            print(
+                f"   {size:3d} x {shape!s:15s} {np.dtype(dtype).name:8s}"
+                f" ({size * xs[0].nbytes / 1e6:5.2f} MB): stacked {micros(times, 'stacked')}"
+                f"   list {micros(times, 'list')}   {ratio(times, 'stacked', 'list'):.2f}x"
+            )
         await replica.stop(1.0)
         ray.kill(raw)
 
