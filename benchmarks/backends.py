@@ -206,6 +206,20 @@ async def per_call(call: Callable[[], Awaitable[Any]], n: int) -> float:
     return (time.perf_counter() - started) / n
 
 
+class stacking:
+    """Force the Ray backend's stacking of numeric batches on or off (a context manager)."""
+
+    def __init__(self, on: bool) -> None:
+        self.limits = (2, 1 << 62) if on else (1 << 62, 0)
+
+    def __enter__(self) -> None:
+        self.saved = (clipperlite_ray.STACK_MIN, clipperlite_ray.STACK_MAX_ROW_BYTES)
+        clipperlite_ray.STACK_MIN, clipperlite_ray.STACK_MAX_ROW_BYTES = self.limits
+
+    def __exit__(self, *exc: object) -> None:
+        clipperlite_ray.STACK_MIN, clipperlite_ray.STACK_MAX_ROW_BYTES = self.saved
+
+
 async def _awaited(ref: Any) -> Any:
     return await ref
 
@@ -266,11 +280,8 @@ async def main(args: argparse.Namespace) -> int:
             xs = [np.random.default_rng(i).random(200) for i in range(size)]
 
             async def unstacked(xs: list[Any] = xs) -> Any:
-                saved, clipperlite_ray.STACK_MIN = clipperlite_ray.STACK_MIN, 1 << 30
-                try:
+                with stacking(False):
                     return await replica.run_batch(xs)
-                finally:
-                    clipperlite_ray.STACK_MIN = saved
 
             times = await interleave(
                 {
@@ -289,7 +300,10 @@ async def main(args: argparse.Namespace) -> int:
                 f"   unstacked {micros(times, 'replica, no stacking')}"
                 f" ({ratio(times, 'replica, no stacking', 'raw actor'):.2f}x)"
             )
-        print("   stacking numeric batches, per batch: stacked : sent as a list (same replica)")
+        print(
+            "   stacking numeric batches, per batch: stacked : sent as a list (same replica;"
+            f" stacked by default up to {clipperlite_ray.STACK_MAX_ROW_BYTES} bytes per input)"
+        )
         for size, shape, dtype in (
             (256, (200,), np.float64),
             (64, (784,), np.float32),
@@ -298,15 +312,16 @@ async def main(args: argparse.Namespace) -> int:
         ):
             xs = [np.random.default_rng(i).random(shape).astype(dtype) for i in range(size)]
 
-            async def as_list(xs: list[Any] = xs) -> Any:
-                saved, clipperlite_ray.STACK_MIN = clipperlite_ray.STACK_MIN, 1 << 30
-                try:
+            async def stacked(xs: list[Any] = xs) -> Any:
+                with stacking(True):
                     return await replica.run_batch(xs)
-                finally:
-                    clipperlite_ray.STACK_MIN = saved
+
+            async def as_list(xs: list[Any] = xs) -> Any:
+                with stacking(False):
+                    return await replica.run_batch(xs)
 
             times = await interleave(
-                {"stacked": lambda xs=xs: replica.run_batch(xs), "list": as_list},
+                {"stacked": stacked, "list": as_list},
                 rounds,
                 max(10, n // 10),
             )

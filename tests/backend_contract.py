@@ -192,6 +192,10 @@ class BackendContract:
                 ((3,), np.dtype(np.float64).str),
             ]
             assert [o[3] for o in result.outputs] == [3.0, 5.0, 3.0]
+            big = [np.full(6_000, i, dtype=np.float64) for i in range(3)]  # 48 kB each
+            assert [o[1:] for o in (await replica.run_batch(big)).outputs] == [
+                ((6_000,), np.dtype(np.float64).str, 6_000.0 * i) for i in range(3)
+            ]
             scalars = [np.array(1.5), np.array(2.5)]  # 0-d arrays stay 0-d arrays
             assert [o[:2] for o in (await replica.run_batch(scalars)).outputs] == [
                 ("ndarray", ()),

@@ -10,9 +10,9 @@ Ray's object store, and the event loop awaits their results without blocking::
         backend="ray", backend_options={"num_cpus": 1},
     )
 
-A batch of numpy arrays of one shape and dtype (the `integers`, `floats` and `doubles`
-input types) travels as one stacked array, unstacked in the actor, so its items are not
-pickled one by one. Ray itself is used as it is: its scheduler places the actors, its
+A batch of small numpy arrays of one shape and dtype (the `integers`, `floats` and
+`doubles` input types) travels as one stacked array, unstacked in the actor, so its items
+are not serialised one by one. Ray itself is used as it is: its scheduler places the actors, its
 object store moves the batches; clipperlite adds no RPC and no cluster code.
 """
 
@@ -48,10 +48,15 @@ __all__ = ["RayBackend"]
 
 logger = logging.getLogger("clipperlite")
 
-#: The smallest batch sent as one stacked array. `benchmarks/backends.py` measures a batch
-#: of 64 rows of 200 float64s 15% faster stacked than as a list (one buffer for Ray to
-#: serialise, not 64) and no slower at 8; one input is sent as it is.
+#: The smallest batch sent as one stacked array (one input is sent as it is).
 STACK_MIN = 2
+
+#: The largest input (bytes) stacked. Ray serialises each array of a list as a buffer
+#: of its own, a fixed cost per row that stacking saves; stacking copies the rows, a
+#: cost per byte. `benchmarks/backends.py` measured per batch, stacked against a list:
+#: 256 rows of 1.6 kB 0.54x, 64 of 3 kB 0.85x (stacking wins), 16 images of 150 kB
+#: 1.22x, 32 rows of 800 kB 1.56x (the copy loses, and it would run on the event loop).
+STACK_MAX_ROW_BYTES = 32_768
 
 #: Seconds `stop` waits, after `ray.kill`, for Ray to confirm that the actor is gone.
 KILL_CONFIRM_S = 5.0
@@ -73,12 +78,14 @@ class _Stacked:
 
 def _pack(inputs: list[Any]) -> Any:
     """The batch as it crosses to the actor: one stacked array when every input is a
-    numpy array of one shape and numeric dtype, else the list itself."""
+    small numpy array of one shape and numeric dtype, else the list itself."""
     if len(inputs) < STACK_MIN:
         return inputs
     first = inputs[0]
     if type(first) is not np.ndarray or first.ndim == 0 or first.dtype.hasobject:
         return inputs  # (rows of a stack of 0-d arrays would come back as numpy scalars)
+    if first.nbytes > STACK_MAX_ROW_BYTES:
+        return inputs
     shape, dtype = first.shape, first.dtype
     for x in inputs:
         if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype:
