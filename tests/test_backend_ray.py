@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,11 @@ from backend_contract import (  # noqa: E402
     BackendContract,
     FailsToLoad,
     WorkerProcessContract,
+    describe,
+    die_on_die,
+    raise_on_boom,
+    stop_iteration_on_stop,
+    system_exit_on_exit,
 )
 from clipperlite.ray import RayBackend  # noqa: E402
 from helpers import eventually  # noqa: E402
@@ -334,3 +340,123 @@ async def test_deploy_with_bad_backend_options_fails() -> None:
             await clipper.deploy_model(
                 "m", 1, "doubles", len, backend="ray", backend_options={"num_cpu": 1}
             )
+
+
+# -- the actor's own code, in this process; restarts and starts that fail ----------------------
+
+
+class CrashesOnLoad:
+    """A model whose unpickling ends the worker process (a native library crashing)."""
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"code": 9}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        os._exit(state["code"])
+
+    def __call__(self, xs: list[Any]) -> list[Any]:
+        return list(xs)
+
+
+class LoadsOnce:
+    """A model that loads once: a second load (a restart) fails, for its marker exists."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"marker": self.marker}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.marker = state["marker"]
+        if os.path.exists(self.marker):
+            raise RuntimeError("the weights were already taken")
+        Path(self.marker).touch()
+
+    def __call__(self, xs: list[Any]) -> list[Any]:
+        return die_on_die(xs)
+
+
+def test_actor_code_runs_batches_in_process() -> None:
+    """The actor class unstacks stacked batches, runs async models and contains exits."""
+    import cloudpickle
+
+    from clipperlite.ray import ClipperliteReplica, _pack
+
+    actor = ClipperliteReplica(cloudpickle.dumps(describe), ["/nonexistent-dir"])
+    assert actor.load() == os.getpid() and actor.ping()
+    rows = [np.arange(3.0) + i for i in range(4)]
+    outputs, seconds = actor.run(_pack(rows))
+    assert [o[1] for o in outputs] == [(3,)] * 4 and seconds >= 0.0
+    assert actor.run(rows)[0] == outputs
+    coroutine = ClipperliteReplica(cloudpickle.dumps(async_sum), [])
+    coroutine.load()
+    try:
+        assert coroutine.run([np.ones(2), np.ones(3)])[0] == [2.0, 3.0]
+    finally:
+        coroutine._loop.close()  # type: ignore[union-attr]  # an actor's lasts its life
+    for model, bad, name in (
+        (stop_iteration_on_stop, "stop", "StopIteration"),
+        (system_exit_on_exit, "exit", "SystemExit"),
+        (raise_on_boom, "boom", "boom"),
+    ):
+        wrapped = ClipperliteReplica(cloudpickle.dumps(model), [])
+        wrapped.load()
+        with pytest.raises(Exception, match=name):
+            wrapped.run([bad])
+
+
+@pytest.mark.anyio
+async def test_connecting_runs_in_a_thread_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Ray not initialised, ray.init runs once, off the loop, in a lasting thread."""
+    import clipperlite.ray as backend_module
+
+    calls: list[tuple[str | None, str]] = []
+    monkeypatch.setattr(backend_module.ray, "is_initialized", lambda: bool(calls))
+
+    def fake_init(address: str | None = None, **options: Any) -> None:
+        calls.append((address, threading.current_thread().name))
+
+    monkeypatch.setattr(backend_module.ray, "init", fake_init)
+    await backend_module._ensure_runtime("ray://head:10001")
+    await backend_module._ensure_runtime("ray://elsewhere:10001")  # connected already
+    assert calls == [("ray://head:10001", "clipperlite:ray-init")]
+
+
+@pytest.mark.anyio
+async def test_worker_crashing_at_load_fails_the_start(ray_runtime: None) -> None:
+    """A model whose load kills its worker makes start_replica raise a ClipperError."""
+    before = set(live_actor_processes())
+    with pytest.raises(clipperlite.ClipperError, match="could not start"):
+        await RayBackend().start_replica(CrashesOnLoad(), name="crash-at-load")
+    assert await eventually(lambda: not set(live_actor_processes()) - before)
+
+
+@pytest.mark.anyio
+async def test_failed_restart_is_a_worker_death_and_stop_is_clean(
+    ray_runtime: None, tmp_path: Path
+) -> None:
+    """A replacement that cannot load is reported as WorkerDiedError; stop still ends all."""
+    before = set(live_actor_processes())
+    replica = await RayBackend().start_replica(
+        LoadsOnce(str(tmp_path / "loaded")), name="loads-once"
+    )
+    with pytest.raises(clipperlite.WorkerDiedError, match="died"):
+        await replica.run_batch(["die"])
+    with pytest.raises(clipperlite.WorkerDiedError, match="could not be restarted"):
+        await replica.run_batch(["alive"])
+    assert await replica.stop(1.0) is True
+    assert await eventually(lambda: not set(live_actor_processes()) - before)
+
+
+@pytest.mark.anyio
+async def test_stop_during_a_restart_leaves_nothing(ray_runtime: None) -> None:
+    """Stopping a replica while it replaces a dead actor ends the replacement too."""
+    before = set(live_actor_processes())
+    replica = await RayBackend().start_replica(die_on_die, name="stop-in-restart")
+    with pytest.raises(clipperlite.WorkerDiedError):
+        await replica.run_batch(["die"])
+    assert await replica.stop(1.0) is True  # the replacement is starting now
+    assert await eventually(lambda: not set(live_actor_processes()) - before)
+    with pytest.raises(clipperlite.WorkerDiedError, match="stopped"):
+        await replica.run_batch(["late"])
