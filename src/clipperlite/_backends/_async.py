@@ -61,9 +61,13 @@ class AsyncReplica:
         running = list(self._running)
         if not running:
             return True
-        for task in running:
+        # A running batch may finish within the grace; then it is cancelled, and a model
+        # that swallows its cancellation is abandoned.
+        _, pending = await asyncio.wait(running, timeout=grace_s) if grace_s > 0 else ((), running)
+        for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(running, timeout=max(grace_s, 0.05))
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         if pending:
             logger.warning(
                 "clipperlite: async model %r ignored its cancellation and is still running;"

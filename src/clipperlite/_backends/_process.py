@@ -192,9 +192,11 @@ def child_main() -> None:
             if os.getpid() != me:
                 os._exit(0)  # a fork of the model's that did not exit
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
+        except BaseException as exc:  # a model's SystemExit must not end its worker
             if os.getpid() != me:
                 os._exit(0)
+            if not isinstance(exc, Exception):
+                exc = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
             data = pickle.dumps((seq, False, _portable_error(exc)))
         conn_out.send_bytes(data)
 
