@@ -68,10 +68,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipperlite import Clipper, ClipperClosedError, Prediction
-from clipperlite._types import Cause
+from clipperlite._types import DefaultCause
 
 #: The causes `metrics()` counts defaults by.
-CAUSES = frozenset(c.value for c in Cause)
+CAUSES = frozenset(c.value for c in DefaultCause)
 
 #: Fault codes carried by an input's first element.
 OK, RAISE, HANG, WRONG_LENGTH, NOT_LIST, KILL = 0, 1, 2, 3, 4, 5

@@ -54,7 +54,7 @@ def tables(clipper: Clipper) -> dict[str, int]:
         "cache_inflight": clipper._cache.inflight,
         "timer_heap": len(clipper._timer) if clipper._timer is not None else 0,
     }
-    for name, model in clipper._models.items():
+    for name, model in clipper._registry.models.items():
         for key, mv in model.versions.items():
             q = mv.batcher.queue
             out[f"{name}:{key}:queue_live"] = len(q)
@@ -62,7 +62,7 @@ def tables(clipper: Clipper) -> dict[str, int]:
             out[f"{name}:{key}:queue_fifo"] = _len(q, "_fifo")
             out[f"{name}:{key}:running"] = _len(mv.batcher, "_running")
             out[f"{name}:{key}:idle"] = _len(mv.batcher, "_idle")
-    for name, app in clipper._apps.items():
+    for name, app in clipper._registry.apps.items():
         out[f"{name}:latency_buckets"] = _len(app.stats.latency, "_counts")
         out[f"{name}:default_causes"] = len(app.stats.defaults)
     return out

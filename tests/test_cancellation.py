@@ -36,7 +36,7 @@ def drained(clipper: Clipper) -> bool:
 
 
 def batchers(clipper: Clipper) -> list[Any]:
-    return [mv.batcher for model in clipper._models.values() for mv in model.versions.values()]
+    return [mv.batcher for mv in clipper._registry.all_versions()]
 
 
 async def storm(

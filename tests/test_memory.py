@@ -37,11 +37,11 @@ def _attrs(obj: Any) -> dict[str, Any]:
 def table_sizes(clipper: Clipper) -> dict[str, int]:
     """The length of every container held by the Clipper's internal objects."""
     objects: dict[str, Any] = {"clipper": clipper, "cache": clipper._cache, "timer": clipper._timer}
-    for name, app in clipper._apps.items():
+    for name, app in clipper._registry.apps.items():
         objects[f"app:{name}"] = app
         objects[f"app:{name}:stats"] = app.stats
         objects[f"app:{name}:latency"] = app.stats.latency
-    for name, model in clipper._models.items():
+    for name, model in clipper._registry.models.items():
         for key, mv in model.versions.items():
             objects[f"model:{name}:{key}"] = mv
             objects[f"model:{name}:{key}:batcher"] = mv.batcher
@@ -50,6 +50,8 @@ def table_sizes(clipper: Clipper) -> dict[str, int]:
     sizes = {}
     for where, obj in objects.items():
         for attr, value in _attrs(obj).items():
+            if getattr(value, "maxlen", None) is not None:
+                continue  # bounded by construction (the batch history ring)
             if isinstance(value, Sized) and not isinstance(value, str | bytes):
                 sizes[f"{where}.{attr}"] = len(value)
     return sizes

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from clipperlite._batching import DONE, EDFQueue, Query
-from clipperlite._types import Cause, Failure
+from clipperlite._queue import DONE, EDFQueue, Query
+from clipperlite._types import CANCELLED, DefaultCause, Failure
 
 NewQuery = Callable[..., Query]
 
@@ -96,7 +96,7 @@ def test_expired_queries_are_dropped_with_deadline_cause(query: NewQuery) -> Non
         queue.push(q)
     batch, dropped = queue.pop_batch(5, now=2.0)
     assert batch == [live]
-    assert dropped == [(past, Cause.DEADLINE), (due, Cause.DEADLINE)]
+    assert dropped == [(past, DefaultCause.DEADLINE), (due, DefaultCause.DEADLINE)]
     assert len(queue) == 0
 
 
@@ -109,7 +109,7 @@ def test_queries_without_a_live_waiter_are_dropped_as_cancelled(query: NewQuery)
     queue.push(live)
     batch, dropped = queue.pop_batch(5, now=0.0)
     assert batch == [live]
-    assert dropped == [(gone, Cause.CANCELLED)]
+    assert dropped == [(gone, CANCELLED)]
 
 
 def test_query_with_no_waiter_at_all_is_dropped_as_cancelled(query: NewQuery) -> None:
@@ -117,7 +117,7 @@ def test_query_with_no_waiter_at_all_is_dropped_as_cancelled(query: NewQuery) ->
     queue = EDFQueue()
     nobody = query(deadline=1.0, waiters=0)
     queue.push(nobody)
-    assert queue.pop_batch(5, now=0.0) == ([], [(nobody, Cause.CANCELLED)])
+    assert queue.pop_batch(5, now=0.0) == ([], [(nobody, CANCELLED)])
 
 
 def test_one_live_waiter_keeps_a_shared_query_alive(query: NewQuery) -> None:
@@ -280,14 +280,14 @@ def test_shed_expired_removes_dead_queries_from_the_front(query: NewQuery) -> No
     queue.push(expired_and_cancelled)
     dropped = queue.shed_expired(now=2.0)
     assert dropped == [
-        (expired, Cause.DEADLINE),
-        (expired_and_cancelled, Cause.DEADLINE),
-        (cancelled, Cause.CANCELLED),
+        (expired, DefaultCause.DEADLINE),
+        (expired_and_cancelled, DefaultCause.DEADLINE),
+        (cancelled, CANCELLED),
     ]
     assert len(queue) == 2
     batch, late_drops = queue.pop_batch(10, now=2.0)
     assert batch == [live]
-    assert late_drops == [(cancelled_later, Cause.CANCELLED)]
+    assert late_drops == [(cancelled_later, CANCELLED)]
 
 
 def test_shed_expired_on_a_healthy_queue_removes_nothing(query: NewQuery) -> None:
@@ -331,9 +331,9 @@ def test_resolve_skips_cancelled_waiters(query: NewQuery) -> None:
     """A waiter that was cancelled stays cancelled; the others still get the outcome."""
     q = query(deadline=1.0, waiters=2)
     q.waiters[0].cancel()
-    q.resolve(Failure(Cause.DEADLINE))
+    q.resolve(Failure(DefaultCause.DEADLINE))
     assert q.waiters[0].cancelled()
-    assert q.waiters[1].result() == Failure(Cause.DEADLINE)
+    assert q.waiters[1].result() == Failure(DefaultCause.DEADLINE)
 
 
 def test_resolve_calls_on_done_exactly_once_and_second_resolve_is_a_no_op(
@@ -377,7 +377,7 @@ def test_pop_batch_drops_queries_that_cannot_finish_in_time(query: NewQuery) -> 
     queue.push(roomy)
     batch, dropped = queue.pop_batch(10, now=1.0, lead=0.1)
     assert batch == [roomy]
-    assert dropped == [(tight, Cause.WOULD_MISS)]
+    assert dropped == [(tight, DefaultCause.WOULD_MISS)]
     assert len(queue) == 0
 
 
@@ -390,7 +390,7 @@ def test_pop_batch_runs_one_doomed_query_rather_than_none(query: NewQuery) -> No
     queue.push(b)
     batch, dropped = queue.pop_batch(10, now=1.0, lead=0.5)
     assert batch == [b]
-    assert dropped == [(a, Cause.WOULD_MISS)]
+    assert dropped == [(a, DefaultCause.WOULD_MISS)]
 
 
 def test_pop_batch_without_lead_keeps_every_live_query(query: NewQuery) -> None:

@@ -34,7 +34,7 @@ def release_leaked(prefix: str, before: set[int]) -> None:
     worker processes and tell its orphaned replica threads to exit."""
     import gc
 
-    from clipperlite._backends import ThreadReplica
+    from clipperlite._backends._thread import ThreadReplica
 
     for pid in set(worker_processes()) - before:
         os.kill(pid, signal.SIGKILL)

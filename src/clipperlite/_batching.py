@@ -1,16 +1,13 @@
-"""Per-model batching: an earliest-deadline-first queue and the replicas' pull loop.
+"""The replicas' pull loop over one model version's queue: the `Batcher`.
 
-The queue is pure (no event loop): tests step it with a fake clock. The `Batcher`
-adds the async parts: waking idle replicas, delayed batching, running a batch
-through a `run_batch` callable it is handed (it never imports a backend), fanning
-results out, and isolating failures by retrying a failed batch in halves.
+It wakes idle replicas, delays a short batch when asked to, runs a batch through a
+`run_batch` callable it is handed (it never imports a backend), fans results out,
+isolates failures by retrying a failed batch in halves, and records each batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -19,223 +16,12 @@ import numpy as np
 
 from ._aimd import BatchSizer
 from ._clock import Clock
-from ._types import Cause, Failure, Timed, WorkerDied
-
-QUEUED, TAKEN, DONE = 0, 1, 2
+from ._errors import WorkerDiedError
+from ._queue import DONE, EDFQueue, Query
+from ._stats import LatencyHistogram, SizeHistogram
+from ._types import CANCELLED, BatchRecord, BatchResult, DefaultCause, Failure, _Dropped
 
 RunBatch = Callable[[list[Any]], Awaitable[Any]]
-
-
-class Query:
-    """One input waiting for a model, and the futures of everyone waiting for its output.
-
-    Identical concurrent queries share one `Query` (single flight): each caller adds
-    its own future to `waiters`, so one caller's cancellation never touches another's.
-    """
-
-    __slots__ = (
-        "arrival",
-        "deadline",
-        "key",
-        "on_done",
-        "priority",
-        "seq",
-        "state",
-        "waiters",
-        "x",
-    )
-
-    def __init__(
-        self,
-        x: Any,
-        deadline: float,
-        arrival: float,
-        on_done: Callable[[Query, Any], None] | None = None,
-        key: Any = None,
-    ) -> None:
-        self.x = x
-        self.key = key
-        #: The latest deadline of its callers (past it, nobody can use the output) ...
-        self.deadline = deadline
-        #: ... and the earliest, which orders it in the queue.
-        self.priority = deadline
-        self.arrival = arrival
-        self.waiters: list[asyncio.Future[Any]] = []
-        self.seq = 0
-        self.state = QUEUED
-        self.on_done = on_done
-
-    def alive(self) -> bool:
-        """Whether anyone still waits for this query's output."""
-        for w in self.waiters:
-            if not w.done():
-                return True
-        return False
-
-    def resolve(self, outcome: Any) -> None:
-        """Hand `outcome` (an output or a `Failure`) to every waiter, exactly once."""
-        if self.state == DONE:
-            return
-        self.state = DONE
-        for w in self.waiters:
-            if not w.done():
-                w.set_result(outcome)
-        if self.on_done is not None:
-            self.on_done(self, outcome)
-
-    def __repr__(self) -> str:
-        return (
-            f"<Query deadline={self.deadline:.6f} state={self.state} waiters={len(self.waiters)}>"
-        )
-
-
-class EDFQueue:
-    """Queries in earliest-deadline-first order, first-in first-out on equal deadlines.
-
-    Entries are removed lazily: a query taken, resolved or re-scheduled leaves a stale
-    heap entry that is skipped when it surfaces.
-    """
-
-    __slots__ = ("_fifo", "_heap", "_live", "_seq")
-
-    def __init__(self, *, track_arrivals: bool = True) -> None:
-        self._heap: list[tuple[float, int, Query]] = []
-        #: Queries in arrival order, for `oldest_arrival` (delayed batching only needs it).
-        self._fifo: deque[Query] | None = deque() if track_arrivals else None
-        self._live = 0
-        self._seq = itertools.count()
-
-    def __len__(self) -> int:
-        return self._live
-
-    def push(self, q: Query) -> None:
-        """Add a query."""
-        q.seq = seq = next(self._seq)
-        q.state = QUEUED
-        q.priority = q.deadline
-        heapq.heappush(self._heap, (q.deadline, seq, q))
-        if self._fifo is not None:
-            self._fifo.append(q)
-        self._live += 1
-
-    def reschedule(self, q: Query, deadline: float) -> None:
-        """A caller with `deadline` joined a queued query: it now lives until the latest of
-        its callers' deadlines and is served by the earliest."""
-        if q.state != QUEUED:
-            return
-        if deadline > q.deadline:
-            q.deadline = deadline
-        if deadline < q.priority:
-            q.priority = deadline
-            q.seq = seq = next(self._seq)
-            heapq.heappush(self._heap, (deadline, seq, q))
-
-    def count_ahead(self, deadline: float, stop: int) -> int:
-        """How many queued queries EDF serves before one due at `deadline`, counting no
-        further than `stop` (O(stop): it walks only the heap nodes due by then)."""
-        heap = self._heap
-        count = 0
-        todo = [0] if heap else []
-        while todo and count < stop:
-            i = todo.pop()
-            due, seq, q = heap[i]
-            if due > deadline:
-                continue  # nor is anything below it
-            if q.seq == seq and q.state == QUEUED:
-                count += 1
-            child = 2 * i + 1
-            if child < len(heap):
-                todo.append(child)
-                if child + 1 < len(heap):
-                    todo.append(child + 1)
-        return count
-
-    def earliest_deadline(self) -> float | None:
-        """The earliest deadline queued (possibly of a query already gone: an estimate)."""
-        return self._heap[0][0] if self._heap else None
-
-    def oldest_arrival(self) -> float | None:
-        """Arrival time of the oldest query still queued."""
-        self._trim()
-        if self._fifo is None:
-            raise RuntimeError("this queue does not track arrivals")
-        return self._fifo[0].arrival if self._fifo else None
-
-    def pop_batch(
-        self, n: int, now: float, lead: float = 0.0
-    ) -> tuple[list[Query], list[tuple[Query, Cause]]]:
-        """Take up to `n` live queries in EDF order; also return those dropped on the way.
-
-        A query whose deadline has passed, or that nobody waits for any more, is
-        dropped (with its cause) and never reaches the model; so is one that cannot
-        finish by its deadline even if its batch starts now (`lead`: the expected
-        batch latency), unless that would leave the batch empty: one such query still
-        runs, so the latency estimate behind `lead` keeps being measured.
-        """
-        heap = self._heap
-        batch: list[Query] = []
-        dropped: list[tuple[Query, Cause]] = []
-        doomed: list[Query] = []
-        while heap and len(batch) < n:
-            _deadline, seq, q = heapq.heappop(heap)
-            if q.seq != seq or q.state != QUEUED:
-                continue
-            q.state = TAKEN
-            self._live -= 1
-            if q.deadline <= now:
-                dropped.append((q, Cause.DEADLINE))
-            elif not q.alive():
-                dropped.append((q, Cause.CANCELLED))
-            elif q.deadline <= now + lead:
-                doomed.append(q)
-            else:
-                batch.append(q)
-        if doomed:
-            if not batch:
-                batch.append(doomed.pop())
-            dropped.extend((q, Cause.WOULD_MISS) for q in doomed)
-        self._trim()
-        return batch, dropped
-
-    def _trim(self) -> None:
-        fifo = self._fifo
-        while fifo and fifo[0].state != QUEUED:
-            fifo.popleft()
-
-    def drain(self) -> list[Query]:
-        """Take every queued query, in EDF order."""
-        out = []
-        while self._heap:
-            _, seq, q = heapq.heappop(self._heap)
-            if q.seq == seq and q.state == QUEUED:
-                q.state = TAKEN
-                out.append(q)
-        self._live = 0
-        if self._fifo is not None:
-            self._fifo.clear()
-        return out
-
-    def shed_expired(self, now: float) -> list[tuple[Query, Cause]]:
-        """Remove queries from the front of the queue that are past their deadline or have
-        no waiter left (O(k log n) for k removed; cancelled queries deeper in are left)."""
-        heap = self._heap
-        dropped: list[tuple[Query, Cause]] = []
-        while heap:
-            _deadline, seq, q = heap[0]
-            if q.seq != seq or q.state != QUEUED:
-                heapq.heappop(heap)
-                continue
-            if q.deadline <= now:
-                dropped.append((q, Cause.DEADLINE))
-            elif not q.alive():
-                dropped.append((q, Cause.CANCELLED))
-            else:
-                break
-            heapq.heappop(heap)
-            q.state = TAKEN
-            self._live -= 1
-        self._trim()
-        return dropped
 
 
 def _set_none(fut: asyncio.Future[None]) -> None:
@@ -253,8 +39,10 @@ class BatcherStats:
         "expired",
         "items",
         "latency_ewma",
+        "latency_histogram",
         "rejected",
         "retries",
+        "size_histogram",
         "would_miss",
     )
 
@@ -268,6 +56,9 @@ class BatcherStats:
         self.rejected = 0
         self.would_miss = 0
         self.latency_ewma = 0.0
+        #: Batch latencies (µs) and sizes, for `statistics()`.
+        self.latency_histogram = LatencyHistogram()
+        self.size_histogram = SizeHistogram()
 
 
 class ReplicaSlot:
@@ -294,13 +85,14 @@ class Batcher:
         batch_wait: float = 0.0,
         max_queue: int = 10_000,
         clock: Clock,
-        describe: str = "model",
+        history_size: int = 1000,
     ) -> None:
         self.sizer = sizer
         self.batch_wait = batch_wait
         self.max_queue = max_queue
         self.clock = clock
-        self.describe = describe
+        #: The last `history_size` batches, for `history()`.
+        self.history: deque[BatchRecord] = deque(maxlen=history_size)
         self.queue = EDFQueue(track_arrivals=batch_wait > 0)
         self.stats = BatcherStats()
         self.replicas: list[ReplicaSlot] = []
@@ -317,15 +109,17 @@ class Batcher:
     def submit(self, q: Query) -> Failure | None:
         """Queue a query, or say why it cannot be (no replica, queue full, closing)."""
         if self.closed:
-            return Failure(Cause.SHUTDOWN, "is shutting down")
+            return Failure(DefaultCause.SHUTDOWN, "is shutting down")
         if not self.replicas:
-            return Failure(Cause.NO_REPLICA, "has no running replica")
+            return Failure(DefaultCause.NO_REPLICA, "has no running replica")
         queue = self.queue
         if len(queue) >= self.max_queue:
             self._shed(queue.shed_expired(self.clock()))
             if len(queue) >= self.max_queue:
                 self.stats.rejected += 1
-                return Failure(Cause.QUEUE_FULL, f"has a full queue (max_queue={self.max_queue})")
+                return Failure(
+                    DefaultCause.QUEUE_FULL, f"has a full queue (max_queue={self.max_queue})"
+                )
         ewma = self.stats.latency_ewma
         if ewma and len(queue) >= self.sizer.max_batch:
             failure = self._admit(q, ewma)
@@ -358,28 +152,28 @@ class Batcher:
         self.stats.would_miss += 1
         wait = (ahead // per_batch + 1) * batch_latency
         return Failure(
-            Cause.WOULD_MISS,
+            DefaultCause.WOULD_MISS,
             f"could not meet its deadline: {ahead}+ queries are queued ahead, an expected"
             f" {wait * 1e3:.1f} ms to answer against {max(0.0, left) * 1e3:.1f} ms left",
         )
 
-    def _shed(self, dropped: Sequence[tuple[Query, Cause]]) -> None:
+    def _shed(self, dropped: Sequence[tuple[Query, DefaultCause | _Dropped]]) -> None:
         for q, cause in dropped:
-            if cause is Cause.DEADLINE:
+            if cause is DefaultCause.DEADLINE:
                 self.stats.expired += 1
-                q.resolve(Failure(Cause.DEADLINE, "did not answer before the deadline"))
-            elif cause is Cause.WOULD_MISS:
+                q.resolve(Failure(DefaultCause.DEADLINE, "did not answer before the deadline"))
+            elif cause is DefaultCause.WOULD_MISS:
                 self.stats.would_miss += 1
                 q.resolve(
                     Failure(
-                        Cause.WOULD_MISS,
+                        DefaultCause.WOULD_MISS,
                         "could not meet its deadline: a batch takes about"
                         f" {self.stats.latency_ewma * 1e3:.1f} ms, more than it had left",
                     )
                 )
             else:
                 self.stats.cancelled += 1
-                q.resolve(Failure(Cause.CANCELLED, "query was cancelled by its caller"))
+                q.resolve(Failure(CANCELLED, "query was cancelled by its caller"))
 
     # -- the pull loop ---------------------------------------------------------------
     async def serve(self, slot: ReplicaSlot) -> None:
@@ -438,17 +232,18 @@ class Batcher:
         t0 = self.clock()
         try:
             raw = await run_batch([q.x for q in batch])
-        except WorkerDied as exc:
-            return None, Failure(Cause.WORKER_DIED, f"worker died: {exc}"), self.clock() - t0
+        except WorkerDiedError as exc:
+            return None, Failure(DefaultCause.WORKER_DIED, f"worker died: {exc}"), self.clock() - t0
         except Exception as exc:
             return (
                 None,
-                Failure(Cause.MODEL_ERROR, f"raised {type(exc).__name__}: {exc}"),
+                Failure(DefaultCause.MODEL_ERROR, f"raised {type(exc).__name__}: {exc}"),
                 self.clock() - t0,
             )
         latency = self.clock() - t0
-        if isinstance(raw, Timed):
-            raw, latency = raw.outputs, raw.seconds
+        if type(raw) is BatchResult:
+            latency = raw.seconds
+            raw = raw.outputs
         n = len(batch)
         if isinstance(raw, np.ndarray) and raw.ndim >= 1:
             outputs: Any = raw.tolist() if raw.ndim == 1 else list(raw)
@@ -458,14 +253,17 @@ class Batcher:
             return (
                 None,
                 Failure(
-                    Cause.WRONG_LENGTH, f"returned {type(raw).__name__}, not a list of {n} outputs"
+                    DefaultCause.WRONG_LENGTH,
+                    f"returned {type(raw).__name__}, not a list of {n} outputs",
                 ),
                 latency,
             )
         if len(outputs) != n:
             return (
                 None,
-                Failure(Cause.WRONG_LENGTH, f"returned {len(outputs)} outputs for a batch of {n}"),
+                Failure(
+                    DefaultCause.WRONG_LENGTH, f"returned {len(outputs)} outputs for a batch of {n}"
+                ),
                 latency,
             )
         return list(outputs), None, latency
@@ -477,7 +275,7 @@ class Batcher:
             await self._run_inner(run_batch, batch)
         except BaseException:
             for q in batch:  # cancelled mid-batch (a stop): nobody may be left hanging
-                q.resolve(Failure(Cause.SHUTDOWN, "was stopped while running this query"))
+                q.resolve(Failure(DefaultCause.SHUTDOWN, "was stopped while running this query"))
             raise
         finally:
             self._running.discard(key)
@@ -485,19 +283,28 @@ class Batcher:
     async def _run_inner(self, run_batch: RunBatch, batch: list[Query]) -> None:
         outputs, failure, latency = await self._call(run_batch, batch)
         stats = self.stats
+        n = len(batch)
         stats.batches += 1
-        stats.items += len(batch)
+        stats.items += n
+        stats.latency_histogram.record(latency * 1e6)
+        stats.size_histogram.record(n)
         if failure is None:
             assert outputs is not None
             ewma = stats.latency_ewma
             # One stall (a garbage collection) must not make many queries look doomed.
             stats.latency_ewma = latency if not ewma else 0.8 * ewma + 0.2 * min(latency, 4 * ewma)
             # AIMD grows only on a full batch; any batch at or over budget shrinks it.
-            self.sizer.observe(len(batch), latency)
+            self.sizer.observe(n, latency)
+            self.history.append(
+                BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), False)
+            )
             for q, out in zip(batch, outputs, strict=True):
                 q.resolve(out)
             return
         stats.errors += 1
+        self.history.append(
+            BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), True)
+        )
         if len(batch) > 1:
             await self._isolate(run_batch, batch, failure, latency)
         else:
@@ -523,7 +330,7 @@ class Batcher:
                         continue
                     if not q.alive():
                         self.stats.cancelled += 1
-                        q.resolve(Failure(Cause.CANCELLED, "query was cancelled by its caller"))
+                        q.resolve(Failure(CANCELLED, "query was cancelled by its caller"))
                     elif q.deadline <= now + latency:
                         q.resolve(failure)
                     else:

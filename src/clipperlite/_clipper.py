@@ -1,7 +1,5 @@
-"""The `Clipper`: configuration of apps, models and links; lifecycle; the public calls.
-
-The tables' records live in `_apps`, the path of a query in `_router`.
-"""
+"""The `Clipper`: its lifecycle and the public calls, over the registry's tables and the
+query processor's path of a query."""
 
 from __future__ import annotations
 
@@ -16,33 +14,26 @@ from typing import Any
 
 import numpy as np
 
-from ._apps import (
-    App,
-    Deployment,
-    Model,
-    app_info,
-    app_metrics,
-    count,
-    positive,
-    version_info,
-    version_key,
-)
-from ._batching import Query
+from . import _defaults
+from ._backends import resolve_backend
 from ._cache import PredictionCache
 from ._clock import MICROS, monotonic
-from ._errors import (
-    AlreadyExistsError,
-    ClipperClosedError,
-    ClipperError,
-    InvalidInputError,
-    UnknownApplicationError,
-    UnknownModelError,
-)
-from ._model import UNLINKED_SLO, ModelVersion
-from ._router import Router
+from ._errors import AlreadyExistsError, ClipperClosedError, ClipperError, InvalidInputError
+from ._model import ModelVersion
+from ._query_processor import QueryProcessor
+from ._queue import Query
+from ._registry import DeploySpec, Registry, count, positive, version_key
 from ._selection import SelectionPolicy
 from ._timers import DeadlineTimer
-from ._types import Cause, Failure, Prediction
+from ._types import (
+    BatchRecord,
+    CacheStatistics,
+    ClipperStatistics,
+    DefaultCause,
+    Failure,
+    ModelStatistics,
+    Prediction,
+)
 
 logger = logging.getLogger("clipperlite")
 
@@ -56,19 +47,32 @@ class _State(enum.Enum):
 class Clipper:
     """An embedded prediction server: apps, models, batching, caching and selection.
 
-    Configuration is keyword-only. `cache_size` is the number of cached predictions
-    (LRU, 0 turns caching off); `shutdown_grace_s` bounds how long `stop()` lets
-    running batches finish; a replica still in one batch `hang_timeout_s` after the
-    last deadline of its queries is replaced; `seed` seeds the policies made by name
-    (`policy="exp3"`); a policy object brings its own generator.
+    A Clipper is not started, running or closed. Configuration calls (apps, links,
+    `set_model_version`) work in any state; deploying, scaling and querying need a
+    running one. It belongs to the event loop that started it.
+
+    Args:
+        cache_size: How many predictions the LRU cache holds, across all models;
+            0 turns caching off (and the coalescing of identical concurrent queries).
+        shutdown_grace_s: How long `stop()`, `stop_model` and scaling down let running
+            batches finish before their queries get a default (0 allowed).
+        hang_timeout_s: A replica still in one batch this long after the last deadline
+            of its queries is hung and replaced.
+        history_size: Batches remembered per model version for `history()`.
+        seed: Seeds the random choices of the policies made by name
+            (`policy="exp3"`), so runs repeat; a policy object brings its own.
+
+    Raises:
+        ClipperError: An option is out of range.
     """
 
     def __init__(
         self,
         *,
-        cache_size: int = 10_000,
-        shutdown_grace_s: float = 3.0,
-        hang_timeout_s: float = 5.0,
+        cache_size: int = _defaults.CACHE_SIZE,
+        shutdown_grace_s: float = _defaults.SHUTDOWN_GRACE_S,
+        hang_timeout_s: float = _defaults.HANG_TIMEOUT_S,
+        history_size: int = _defaults.HISTORY_SIZE,
         seed: int | None = None,
     ) -> None:
         try:
@@ -77,30 +81,39 @@ class Clipper:
             raise ClipperError(str(exc)) from None
         self._grace = positive("shutdown_grace_s", shutdown_grace_s, allow_zero=True)
         self._hang = positive("hang_timeout_s", hang_timeout_s)
+        self._history_size = count("history_size", history_size, minimum=1)
         try:
-            self._rng = np.random.default_rng(seed)
+            rng = np.random.default_rng(seed)
         except (TypeError, ValueError) as exc:
             raise ClipperError(f"seed must be None or a non-negative int, got {seed!r}") from exc
-        self._deploying: dict[tuple[str, str], ModelVersion] = {}
-        self._deployments = itertools.count()
+        self._registry = Registry(rng)
+        #: Versions whose replicas are starting (stop() stops them too).
+        self._deploying: set[ModelVersion] = set()
+        #: Versions being stopped by stop_model (a concurrent stop() waits for them).
         self._retiring: set[ModelVersion] = set()
-        self._apps: dict[str, App] = {}
-        self._models: dict[str, Model] = {}
+        self._serials = itertools.count()
         self._ids = itertools.count()
         self._state = _State.NOT_STARTED
         self._clock = monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: DeadlineTimer | None = None
-        self._router: Router | None = None
+        self._processor: QueryProcessor | None = None
         self._stopping: asyncio.Task[None] | None = None
-        self._abandoned = 0
 
     def __repr__(self) -> str:
-        return f"<Clipper {self._state.value}: {len(self._apps)} apps, {len(self._models)} models>"
+        r = self._registry
+        return f"<Clipper {self._state.value}: {len(r.apps)} apps, {len(r.models)} models>"
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> Clipper:
-        """Start serving; returns the Clipper itself (`clipper = await Clipper().start()`)."""
+        """Start serving on the running event loop.
+
+        Returns:
+            The Clipper itself, so a notebook can write `clipper = await Clipper().start()`.
+
+        Raises:
+            ClipperError: It is already running, or it was stopped (make a new one).
+        """
         if self._state is _State.RUNNING:
             raise ClipperError("this Clipper is already running")
         if self._state is _State.CLOSED:
@@ -108,16 +121,17 @@ class Clipper:
         self._loop = loop = asyncio.get_running_loop()
         self._clock = loop.time
         self._timer = DeadlineTimer(loop)
-        self._router = Router(self._cache, self._models, loop, self._timer)
+        self._processor = QueryProcessor(self._cache, self._registry.models, loop, self._timer)
         self._state = _State.RUNNING
         return self
 
     async def stop(self) -> None:
-        """Stop admitting queries, answer every waiting one, stop every replica (idempotent).
+        """Stop admitting queries, answer every waiting one, stop every replica.
 
-        The shutdown runs as a task of its own: a caller cancelled while waiting (a
-        timeout around `stop()`) does not cut it short, and every later `stop()` waits
-        for it to finish.
+        Running batches get `shutdown_grace_s` to finish; a replica stuck in its model
+        beyond that is abandoned (counted in `metrics()`), never waited for. The
+        shutdown runs as a task of its own: a caller cancelled while waiting does not
+        cut it short. Idempotent: a later call waits for the first to finish.
         """
         if self._state is _State.NOT_STARTED:
             self._state = _State.CLOSED
@@ -130,9 +144,9 @@ class Clipper:
         await asyncio.shield(self._stopping)
 
     async def _shutdown(self) -> None:
-        failure = Failure(Cause.SHUTDOWN, "the Clipper is shutting down")
-        versions = [v for m in self._models.values() for v in m.versions.values()]
-        versions += self._deploying.values()  # their deploy_model raises ClipperClosedError
+        failure = Failure(DefaultCause.SHUTDOWN, "the Clipper is shutting down")
+        versions = self._registry.all_versions()
+        versions += self._deploying  # their deploy_model raises ClipperClosedError
         versions += self._retiring  # being stopped by stop_model: a second stop() waits
         await asyncio.gather(*(v.stop(self._grace, failure) for v in versions))
         if self._timer is not None:
@@ -162,7 +176,7 @@ class Clipper:
             state = "has not been started" if self._state is _State.NOT_STARTED else "is stopped"
             raise ClipperClosedError(f"cannot {what}: this Clipper {state}")
 
-    # -- applications ----------------------------------------------------------------------
+    # -- applications and links ----------------------------------------------------------
     def register_application(
         self,
         name: str,
@@ -170,106 +184,60 @@ class Clipper:
         default_output: Any,
         slo_micros: float,
         *,
-        policy: str | SelectionPolicy = "exp3",
+        policy: str | SelectionPolicy = _defaults.POLICY,
         min_confidence: float | None = None,
     ) -> None:
-        """Register an app: its input type, the output to give when no model can answer in
-        time, its latency objective in microseconds and how it picks among linked models."""
-        if isinstance(name, str) and name in self._apps:
-            raise AlreadyExistsError(f"application {name!r} already exists", name=name)
-        self._apps[name] = App.check(
-            name, input_type, default_output, slo_micros, policy, min_confidence, self._rng
+        """Register an application.
+
+        Args:
+            name: The app's name (what `predict` is called with).
+            input_type: What its inputs are: "integers", "floats", "doubles", "bytes",
+                "strings" or "any" (or one of Clipper's aliases, "ints", "double", ...).
+            default_output: The output given when no model can answer in time.
+            slo_micros: Its latency objective in microseconds: every query is answered
+                within it (plus a small margin), by a model or with the default.
+            policy: How it picks among linked models: "exp3" (one model per query),
+                "exp4" (all, combined by weight) or a `SelectionPolicy` object.
+            min_confidence: Below this confidence in [0, 1] an answer is replaced by the
+                default (explained).
+
+        Raises:
+            AlreadyExistsError: An app of that name exists.
+            ClipperError: An argument is wrong (the message names it).
+        """
+        self._registry.register_application(
+            name, input_type, default_output, slo_micros, policy, min_confidence
         )
 
     def delete_application(self, name: str) -> None:
-        """Remove an app and its links (queries already running finish)."""
-        app = self._app(name)
-        del self._apps[name]
-        for model in app.links:
-            self._update_budget(model)
+        """Remove an app and its links (queries already running finish).
 
-    def _app(self, name: str) -> App:
-        app = self._apps.get(name)
-        if app is None:
-            raise UnknownApplicationError(
-                f"no application named {name!r}"
-                + (f" (known: {', '.join(sorted(self._apps))})" if self._apps else ""),
-                app=name,
-            )
-        return app
+        Raises:
+            UnknownApplicationError: No app has that name.
+        """
+        self._registry.delete_application(name)
 
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
-        """Let an app query a model (an app may link several; its policy picks)."""
-        app = self._app(app_name)
-        model = self._model(model_name)
-        if model.input_type != app.input_type:
-            raise ClipperError(
-                f"cannot link model {model_name!r} ({model.input_type}) to app {app_name!r}"
-                f" ({app.input_type}): an app and its models must have the same input type"
-            )
-        if model_name not in app.links:
-            self._relink(app, (*app.links, model_name))
-            self._update_budget(model_name)
+        """Let an app query a model (an app may link several; its policy picks).
+
+        Raises:
+            UnknownApplicationError: No app has that name.
+            UnknownModelError: No model of that name is deployed.
+            ClipperError: The app and the model take different input types, or the
+                app's policy refused the new links (they are then unchanged).
+        """
+        self._registry.link(app_name, model_name)
 
     def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
-        """Stop an app from querying a model."""
-        app = self._app(app_name)
-        if model_name not in app.links:
-            raise ClipperError(
-                f"model {model_name!r} is not linked to app {app_name!r}"
-                f" (linked: {list(app.links) or 'none'})"
-            )
-        self._relink(app, tuple(m for m in app.links if m != model_name))
-        self._update_budget(model_name)
+        """Stop an app from querying a model.
 
-    @staticmethod
-    def _relink(app: App, links: tuple[str, ...]) -> None:
-        """Give the app new links; a policy that has state re-initialises it at once, and
-        if it refuses, the links stay as they were."""
-        if app.state is not None and links:
-            try:
-                state = app.policy.init_state(list(links), app.state)
-            except Exception as exc:
-                raise ClipperError(
-                    f"app {app.name!r}: policy {app.policy_name} init_state raised"
-                    f" {type(exc).__name__}: {exc}; the link was not changed"
-                ) from exc
-            app.state, app.state_links = state, links
-        app.links = links
+        Raises:
+            UnknownApplicationError: No app has that name.
+            ClipperError: The model is not linked to the app.
+        """
+        self._registry.unlink(app_name, model_name)
 
-    def _update_budget(self, model_name: str) -> None:
-        model = self._models.get(model_name)
-        if model is None:
-            return
-        slos = [a.slo for a in self._apps.values() if model_name in a.links]
-        slo = min(slos) if slos else UNLINKED_SLO
-        for version in model.versions.values():
-            version.set_slo(slo)
-
-    # -- models -----------------------------------------------------------------------
-    def _model(self, name: str) -> Model:
-        model = self._models.get(name)
-        if model is None:
-            raise UnknownModelError(
-                f"no model named {name!r} is deployed"
-                + (f" (deployed: {', '.join(sorted(self._models))})" if self._models else ""),
-                model=name,
-            )
-        return model
-
-    def _version(self, name: str, version: int | str | None) -> ModelVersion:
-        model = self._model(name)
-        key = model.current if version is None else version_key(version)
-        mv = model.versions.get(key) if key is not None else None
-        if mv is None:
-            raise UnknownModelError(
-                f"model {name!r} has no deployed version {version!r}"
-                f" (deployed: {', '.join(model.versions) or 'none'})",
-                model=name,
-                version=None if version is None else str(version),
-            )
-        return mv
-
+    # -- models ---------------------------------------------------------------------------
     async def deploy_model(
         self,
         name: str,
@@ -279,18 +247,41 @@ class Clipper:
         *,
         num_replicas: int = 1,
         batch_size: int | None = None,
-        batch_wait_micros: float = 0,
-        max_queue: int = 10_000,
-        backend: str | None = None,
+        batch_wait_micros: float = _defaults.BATCH_WAIT_MICROS,
+        max_queue: int = _defaults.MAX_QUEUE,
+        backend: Any = None,
+        backend_options: dict[str, Any] | None = None,
+        cache: bool = True,
     ) -> None:
-        """Deploy a version of a model and make it current; older versions stay deployed.
+        """Deploy a version of a model and make it current; older versions stay deployed,
+        so rolling back (`set_model_version`) is instant.
 
-        `func` takes a list of inputs and returns a list of as many outputs. A plain
-        function runs on worker threads (one per replica), an `async def` on the loop.
-        `batch_size=None` lets AIMD size batches; an int fixes the size.
+        Args:
+            name: The model's name (what apps link to).
+            version: An int or a str, keyed by its string form (1 and "1" are the same).
+            input_type: The input type it takes (that of the apps it will serve).
+            func: Takes a list of inputs and returns a list of as many outputs: a plain
+                function (run on worker threads by default) or an `async def` (run on
+                the loop).
+            num_replicas: Replicas to start; 0 deploys without serving.
+            batch_size: None lets AIMD size batches against the SLO; an int fixes it.
+            batch_wait_micros: How long a short batch may wait for more queries.
+            max_queue: The most queries waiting for this version; beyond it a query gets
+                the default at once.
+            backend: "thread", "async", "process", a name from the
+                `clipperlite.backends` entry points ("ray"), or a `Backend` object.
+            backend_options: Options for a backend given by name (for Ray: num_cpus,
+                num_gpus, resources, address).
+            cache: False keeps this version's outputs out of the cache.
+
+        Raises:
+            ClipperClosedError: The Clipper is not running (or stopped meanwhile).
+            AlreadyExistsError: This version is deployed or being deployed.
+            ClipperError: An argument is wrong, the backend is not installed, or the
+                replicas failed to start (chained to the cause).
         """
         self._require_running("deploy a model")
-        d = Deployment.check(
+        spec = DeploySpec.check(
             name,
             version,
             input_type,
@@ -299,56 +290,35 @@ class Clipper:
             batch_size=batch_size,
             batch_wait_micros=batch_wait_micros,
             max_queue=max_queue,
-            backend=backend,
+            cache=cache,
         )
-        vkey, itype = d.key, d.input_type
-        for linked in self._apps.values():
-            if name in linked.links and linked.input_type != itype:
-                raise ClipperError(
-                    f"model {name!r} is linked to app {linked.name!r}, which takes"
-                    f" {linked.input_type}; it cannot be deployed taking {itype}"
-                    " (unlink it first, or deploy under another name)"
-                )
-        existing = self._models.get(name)
-        if (name, vkey) in self._deploying:
-            raise AlreadyExistsError(
-                f"model {name!r} version {version!r} is being deployed already", name=name
-            )
-        for (other, _), pending in self._deploying.items():
-            if other == name and pending.input_type != itype:
-                raise ClipperError(
-                    f"model {name!r} is being deployed taking {pending.input_type}; a version"
-                    f" cannot take {itype}: deploy it under another name"
-                )
-        if existing is not None:
-            if vkey in existing.versions:
-                raise AlreadyExistsError(
-                    f"model {name!r} version {version!r} is already deployed", name=name
-                )
-            if existing.input_type != itype:
-                raise ClipperError(
-                    f"model {name!r} takes {existing.input_type}; a new version cannot take"
-                    f" {itype}: deploy it under another name"
-                )
+        chosen, backend_name = resolve_backend(backend, func, backend_options)
+        registry = self._registry
+        registry.begin_deploy(spec)
         mv = ModelVersion(
-            name,
-            version,
-            itype,
-            d.func,
-            backend=d.backend,
-            batch_size=d.batch_size,
-            batch_wait=d.batch_wait,
-            max_queue=d.max_queue,
+            spec.name,
+            spec.version,
+            spec.input_type,
+            spec.func,
+            backend=chosen,
+            backend_name=backend_name,
+            batch_size=spec.batch_size,
+            batch_wait=spec.batch_wait,
+            max_queue=spec.max_queue,
             hang_timeout=self._hang,
             clock=self._clock,
+            cache=spec.cache,
+            history_size=self._history_size,
+            serial=next(self._serials),
         )
-        mv.deployment = next(self._deployments)
-        self._deploying[name, vkey] = mv
+        self._deploying.add(mv)
         try:
             try:
-                await mv.set_num_replicas(d.num_replicas, self._grace)
+                await mv.set_num_replicas(spec.num_replicas, self._grace)
             except BaseException as exc:
-                await asyncio.shield(mv.stop(0.0, Failure(Cause.NO_REPLICA, "failed to deploy")))
+                await asyncio.shield(
+                    mv.stop(0.0, Failure(DefaultCause.NO_REPLICA, "failed to deploy"))
+                )
                 if isinstance(exc, Exception):
                     if self._state is not _State.RUNNING:
                         raise ClipperClosedError(
@@ -359,59 +329,75 @@ class Clipper:
                     ) from exc
                 raise
             if self._state is not _State.RUNNING:  # stopped while replicas were starting
-                await mv.stop(0.0, Failure(Cause.SHUTDOWN, "the Clipper is shutting down"))
+                await mv.stop(0.0, Failure(DefaultCause.SHUTDOWN, "the Clipper is shutting down"))
                 self._require_running("deploy a model")
         finally:
-            del self._deploying[name, vkey]
-        model = self._models.get(name)
-        if model is None:
-            model = self._models[name] = Model(name, itype)
-        model.versions[vkey] = mv
-        model.current = vkey
-        self._update_budget(name)
+            self._deploying.discard(mv)
+            registry.end_deploy(spec)
+        registry.add_version(mv)
+        logger.info(
+            "deployed model %r version %r (%s backend, %d replicas)",
+            name,
+            version,
+            backend_name,
+            spec.num_replicas,
+        )
 
     def set_model_version(self, name: str, version: int | str) -> None:
-        """Make an already deployed version the current one (rollback or roll forward)."""
-        mv = self._version(name, version)
-        self._models[name].current = mv.version_key
+        """Make an already deployed version the current one (rollback or roll forward).
+
+        Raises:
+            UnknownModelError: The model or that version is not deployed.
+        """
+        self._registry.set_current(name, version)
+        logger.info("model %r: version %r is now current", name, version)
 
     async def set_num_replicas(
         self, name: str, num_replicas: int, version: int | str | None = None
     ) -> None:
-        """Scale a model version (the current one by default); 0 stops serving it."""
+        """Scale a model version (the current one by default).
+
+        With 0, queued and new queries get the default at once ("no running replica");
+        cached answers are still served. A replica being removed finishes its batch
+        within `shutdown_grace_s`.
+
+        Raises:
+            ClipperClosedError: The Clipper is not running.
+            UnknownModelError: The model or that version is not deployed.
+            ClipperError: `num_replicas` is not an int >= 0.
+        """
         self._require_running("change replicas")
         n = count("num_replicas", num_replicas, minimum=0)
-        mv = self._version(name, version)
+        mv = self._registry.version(name, version)
         await mv.set_num_replicas(n, self._grace)
 
     async def stop_model(self, name: str, version: int | str | None = None) -> None:
-        """Stop one version of a model, or all of them; linked apps then answer defaults.
+        """Stop one version of a model, or all of them; linked apps then answer defaults
+        until another version or model serves them.
 
         Stopping the current version makes the most recently deployed remaining one
-        current. After `stop()` this does nothing.
+        current. The stopped versions' final figures stay in `statistics()`. After
+        `stop()` this does nothing, so teardown code may call it freely.
+
+        Raises:
+            UnknownModelError: The model or that version is not deployed.
         """
         if self._state is _State.CLOSED:
             return
-        model = self._model(name)
-        keys = (
-            list(model.versions) if version is None else [self._version(name, version).version_key]
-        )
-        # Take them out of service before any await, so queries move on at once.
-        stopping = [model.versions.pop(key) for key in keys]
-        if model.current not in model.versions:
-            model.current = next(reversed(model.versions), None)
-        if not model.versions and self._models.get(name) is model:
-            del self._models[name]
+        stopping = self._registry.take_out_of_service(name, version)
         for mv in stopping:
-            self._cache.drop(lambda k, key=mv.version_key: k[0] == name and k[1] == key)
+            key = mv.version_key
+            self._cache.drop(lambda k, key=key: k[0] == name and k[1] == key)
         self._retiring.update(stopping)  # stop() waits for these too
         try:
             await asyncio.gather(
-                *(mv.stop(self._grace, Failure(Cause.NO_REPLICA, "was stopped")) for mv in stopping)
+                *(
+                    mv.stop(self._grace, Failure(DefaultCause.NO_REPLICA, "was stopped"))
+                    for mv in stopping
+                )
             )
         finally:
             self._retiring.difference_update(stopping)
-        self._abandoned += sum(mv.abandoned for mv in stopping)
 
     async def create_endpoint(
         self,
@@ -421,12 +407,26 @@ class Clipper:
         *,
         default_output: Any = None,
         version: int | str = 1,
-        slo_micros: float = 3_000_000,
+        slo_micros: float = _defaults.ENDPOINT_SLO_MICROS,
         **deploy_options: Any,
     ) -> None:
-        """Register an app, deploy a model and link them, all under `name`; all or nothing."""
+        """Register an app, deploy a model and link them, all under `name`; all or nothing.
+
+        Args:
+            name: The app's and the model's name.
+            input_type: What the inputs are.
+            func: The model (see `deploy_model`).
+            default_output: The app's default output.
+            version: The model's version.
+            slo_micros: The app's latency objective in microseconds.
+            **deploy_options: `deploy_model`'s keyword options.
+
+        Raises:
+            The errors of `register_application` and `deploy_model`; if the deployment
+            fails, nothing of it stays registered.
+        """
         self._require_running("create an endpoint")
-        if name in self._models:
+        if name in self._registry.models:
             raise AlreadyExistsError(f"a model named {name!r} is already deployed", name=name)
         self.register_application(name, input_type, default_output, slo_micros)
         deployed = False
@@ -435,34 +435,65 @@ class Clipper:
             deployed = True
             self.link_model_to_app(name, name)
         except BaseException:
-            self._apps.pop(name, None)
-            model = self._models.get(name)
+            self._registry.apps.pop(name, None)
+            model = self._registry.models.get(name)
             if deployed and model is not None and version_key(version) in model.versions:
                 await asyncio.shield(self.stop_model(name, version))  # only what it made
             raise
 
-    # -- queries ----------------------------------------------------------------------
+    # -- queries ----------------------------------------------------------------------------
     async def predict(self, app: str, x: Any, *, slo_micros: float | None = None) -> Prediction:
-        """Answer one query within the app's SLO (or `slo_micros`), or give the default."""
+        """Answer one query within the app's SLO, or give its default output, explained.
+
+        Args:
+            app: The application's name.
+            x: The input, of the app's input type.
+            slo_micros: Replaces the app's SLO for this query.
+
+        Returns:
+            A `Prediction`; a model's failure or a missed deadline is a default with
+            `default_explanation` and `default_cause`, never an exception.
+
+        Raises:
+            ClipperClosedError: The Clipper is not running.
+            UnknownApplicationError: No app has that name.
+            InvalidInputError: x does not fit the app's input type (no model sees it).
+        """
         t0 = self._clock()
         if self._state is not _State.RUNNING:
             self._require_running("predict")
-        a = self._apps.get(app)
+        registry = self._registry
+        a = registry.apps.get(app)
         if a is None:
-            a = self._app(app)
+            a = registry.app(app)
         xv = a.validate(x, app)
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
-        return await self._router.answer(  # type: ignore[union-attr]
+        return await self._processor.answer(  # type: ignore[union-attr]
             a, xv, next(self._ids), t0, t0 + slo
         )
 
     async def predict_batch(
         self, app: str, xs: Sequence[Any], *, slo_micros: float | None = None
     ) -> list[Prediction]:
-        """Answer several inputs, one Prediction each, in order; all are validated first."""
+        """Answer several inputs (Clipper's `input_batch`), under one deadline.
+
+        Args:
+            app: The application's name.
+            xs: The inputs; every one is validated before any is queued.
+            slo_micros: Replaces the app's SLO for these queries.
+
+        Returns:
+            One Prediction per input, in order, each with its own `query_id`.
+
+        Raises:
+            ClipperClosedError: The Clipper is not running.
+            UnknownApplicationError: No app has that name.
+            InvalidInputError: An input does not fit (the message says which one).
+            ClipperError: xs is not a sequence.
+        """
         t0 = self._clock()
         self._require_running("predict")
-        a = self._app(app)
+        a = self._registry.app(app)
         if isinstance(xs, str | bytes) or not isinstance(xs, Sequence | np.ndarray):
             raise ClipperError(f"predict_batch takes a sequence of inputs, got {type(xs).__name__}")
         validated: list[Any] = []
@@ -476,7 +507,7 @@ class Clipper:
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
         deadline = t0 + slo
         ids = [next(self._ids) for _ in validated]
-        answer = self._router.answer  # type: ignore[union-attr]
+        answer = self._processor.answer  # type: ignore[union-attr]
         return list(
             await asyncio.gather(
                 *(answer(a, xv, i, t0, deadline) for xv, i in zip(validated, ids, strict=True))
@@ -484,46 +515,47 @@ class Clipper:
         )
 
     async def feedback(self, app: str, x: Any, y: Any) -> None:
-        """Tell the app's policy the right answer for x, so its weights move toward the
-        models that were right; their outputs come from the cache or are computed."""
+        """Tell the app's policy the right answer y for x (Clipper's `update`), so its
+        weights move toward the models that were right.
+
+        The selected models' outputs for x come from the cache where `predict` left
+        them, else are computed within the app's SLO (a model that does not answer in
+        time is left out). Feedbacks to one app are applied one at a time.
+
+        Raises:
+            ClipperClosedError: The Clipper is not running.
+            UnknownApplicationError: No app has that name.
+            InvalidInputError: x does not fit the app's input type.
+            ClipperError: The policy raised (chained to its error).
+        """
         t0 = self._clock()
         self._require_running("send feedback")
-        a = self._app(app)
+        a = self._registry.app(app)
         xv = a.validate(x, app)
-        if not a.links:
-            return
-        router = self._router
-        assert router is not None
-        try:
-            chosen = router.select(a, xv)
-        except Exception as exc:
-            raise ClipperError(
-                f"app {app!r}: policy {a.policy_name} select raised {type(exc).__name__}: {exc}"
-            ) from exc
-        outputs, _ = await router.outputs(a, chosen, xv, t0, t0 + a.slo)
-        # The links may have changed while the outputs were computed.
-        outputs = {m: out for m, out in outputs.items() if m in a.links}
-        if not outputs or self._apps.get(app) is not a:
-            return
-        try:
-            a.state = a.policy.observe(a.policy_state(), xv, y, outputs)
-        except Exception as exc:
-            raise ClipperError(
-                f"app {app!r}: policy {a.policy_name} observe raised {type(exc).__name__}: {exc}"
-            ) from exc
+        await self._processor.feedback(a, xv, y, t0)  # type: ignore[union-attr]
 
     # -- policy state -------------------------------------------------------------------
     def get_policy_state(self, app_name: str) -> Any:
-        """The app's learned selection state as plain JSON-able values (a copy), or None
-        while the app has no linked model. Save it to carry learning across restarts."""
-        app = self._app(app_name)
+        """The app's learned selection state (a copy), or None while no model is linked.
+
+        Save it to carry learning across restarts, or to share it between processes.
+
+        Raises:
+            UnknownApplicationError: No app has that name.
+        """
+        app = self._registry.app(app_name)
         if not app.links:
             return None
         return copy.deepcopy(app.policy_state())
 
     def set_policy_state(self, app_name: str, state: Any) -> None:
-        """Restore a state from `get_policy_state` (checked: it may name only linked models)."""
-        app = self._app(app_name)
+        """Restore a state from `get_policy_state` (checked: it may name only linked models).
+
+        Raises:
+            UnknownApplicationError: No app has that name.
+            ClipperError: The app has no linked model, or the state does not fit.
+        """
+        app = self._registry.app(app_name)
         if not app.links:
             raise ClipperError(f"app {app_name!r} has no linked model: link its models first")
         restore = getattr(app.policy, "restore_state", None)
@@ -541,60 +573,150 @@ class Clipper:
 
     # -- reading state ------------------------------------------------------------------
     def get_all_apps(self, *, verbose: bool = False) -> list[Any]:
-        """The names of all apps (or, with verbose, their info dicts)."""
-        names = sorted(self._apps)
+        """The names of all apps, sorted (or, with verbose, their info dicts)."""
+        names = sorted(self._registry.apps)
         return [self.get_app_info(n) for n in names] if verbose else names
 
     def get_app_info(self, name: str) -> dict[str, Any]:
-        """An app's configuration as plain values."""
-        return app_info(self._app(name))
+        """An app's configuration as plain values.
+
+        Raises:
+            UnknownApplicationError: No app has that name.
+        """
+        return self._registry.app_info(name)
 
     def get_linked_models(self, app_name: str) -> list[str]:
-        """The models linked to an app, in the order they were linked."""
-        return list(self._app(app_name).links)
+        """The models linked to an app, in the order they were linked.
+
+        Raises:
+            UnknownApplicationError: No app has that name.
+        """
+        return list(self._registry.app(app_name).links)
 
     def get_all_models(self, *, verbose: bool = False) -> list[Any]:
-        """The names of all deployed models (or, with verbose, every version's info)."""
-        names = sorted(self._models)
+        """The names of all deployed models, sorted (or, with verbose, every version's info)."""
+        registry = self._registry
         if not verbose:
-            return names
-        return [
-            version_info(self._models[n], mv, self._apps)
-            for n in names
-            for mv in self._models[n].versions.values()
-        ]
+            return sorted(registry.models)
+        return [registry.version_info(mv) for mv in registry.all_versions()]
 
     def get_model_info(self, name: str, version: int | str | None = None) -> dict[str, Any]:
-        """One model version's configuration and state (the current version by default)."""
-        mv = self._version(name, version)
-        return version_info(self._models[name], mv, self._apps)
+        """One model version's configuration and state (the current version by default).
+
+        Raises:
+            UnknownModelError: The model or that version is not deployed.
+        """
+        return self._registry.version_info(self._registry.version(name, version))
 
     def get_current_model_version(self, name: str) -> int | str:
-        """The version queries to this model go to, as it was first given."""
-        return self._version(name, None).version
+        """The version queries to this model go to, as it was first given.
+
+        Raises:
+            UnknownModelError: The model is not deployed.
+        """
+        return self._registry.version(name, None).version
 
     def get_num_replicas(self, name: str, version: int | str | None = None) -> int:
-        """How many replicas of a model version run (the current version by default)."""
-        return self._version(name, version).num_replicas
+        """How many replicas of a model version run (the current version by default).
+
+        Raises:
+            UnknownModelError: The model or that version is not deployed.
+        """
+        return self._registry.version(name, version).num_replicas
+
+    def statistics(self) -> ClipperStatistics:
+        """One snapshot of every figure, as frozen typed records (safe from any thread).
+
+        Returns:
+            Apps (queries, defaults by cause, latency percentiles and histogram), model
+            versions deployed or stopped (batches, batch size and latency histograms,
+            queue, errors, cache hits and misses) and the cache. Nothing is added to
+            the query path: this only reads counters.
+        """
+        registry = self._registry
+        apps = tuple(registry.apps[n].statistics() for n in sorted(registry.apps))
+        models: list[ModelStatistics] = []
+        for n in sorted(registry.models):
+            models += [
+                mv.statistics(is_current=registry.is_current(mv))
+                for mv in list(registry.models[n].versions.values())
+            ]
+        models += [
+            mv.statistics(is_current=False)
+            for _, mv in sorted(registry.stopped.items(), key=lambda kv: kv[0])
+        ]
+        cache = self._cache
+        abandoned = registry.abandoned_before + sum(m.abandoned_threads for m in models)
+        return ClipperStatistics(
+            state=self._state.value,
+            apps=apps,
+            models=tuple(models),
+            cache=CacheStatistics(size=len(cache), maxsize=cache.maxsize, inflight=cache.inflight),
+            abandoned_threads=abandoned,
+        )
+
+    def history(self, name: str, version: int | str | None = None) -> list[BatchRecord]:
+        """The recent batches of a model version (the current one by default), oldest
+        first: the last `history_size` batches, each its time, size, latency, max_batch
+        after it and queue length. A stopped version's history is kept with its figures.
+
+        Raises:
+            UnknownModelError: The model or that version was never deployed.
+        """
+        return self._registry.any_version(name, version).history()
 
     def metrics(self) -> dict[str, Any]:
-        """A snapshot of counters and latencies, as plain JSON-able values."""
-        apps = {a.name: app_metrics(a) for a in self._apps.values()}
-        models: dict[str, dict[str, Any]] = {}
-        for m in self._models.values():
-            models[m.name] = {
-                key: {**mv.statistics(), "version": mv.version, "is_current": m.current == key}
-                for key, mv in m.versions.items()
-            }
-        return {
-            "apps": apps,
-            "models": models,
-            "cache": {
-                "size": len(self._cache),
-                "maxsize": self._cache.maxsize,
-                "inflight": self._cache.inflight,
+        """`statistics()` as plain JSON-able values: per app (queries, defaults by cause,
+        latency p50/p99 in µs), per model version (batches, mean and current max batch
+        size, queue length, errors, cache hits and misses), the cache."""
+        return _metrics(self.statistics())
+
+
+def _metrics(s: ClipperStatistics) -> dict[str, Any]:
+    apps = {
+        a.name: {
+            "queries": a.queries,
+            "answered": a.answered,
+            "defaults": {str(c.value): n for c, n in a.defaults.items()},
+            "defaults_total": a.defaults_total,
+            "latency_micros": {
+                "p50": a.latency_p50_micros,
+                "p99": a.latency_p99_micros,
+                "mean": a.latency_mean_micros,
+                "max": a.latency_max_micros,
             },
-            "abandoned_threads": self._abandoned
-            + sum(mv.abandoned for m in self._models.values() for mv in m.versions.values()),
-            "state": self._state.value,
         }
+        for a in s.apps
+    }
+    models: dict[str, dict[str, Any]] = {}
+    for m in s.models:
+        if m.stopped and str(m.version) in models.get(m.name, {}):
+            continue  # a live deployment of that version takes the place
+        models.setdefault(m.name, {})[str(m.version)] = {
+            "batches": m.batches,
+            "mean_batch_size": m.mean_batch_size,
+            "max_batch_size": m.max_batch_size,
+            "batch_latency_micros": m.batch_latency_micros,
+            "queue_length": m.queue_length,
+            "errors": m.errors,
+            "retried_batches": m.retried_batches,
+            "expired_in_queue": m.expired_in_queue,
+            "cancelled_in_queue": m.cancelled_in_queue,
+            "rejected_queue_full": m.rejected_queue_full,
+            "rejected_would_miss": m.rejected_would_miss,
+            "cache_hits": m.cache_hits,
+            "cache_misses": m.cache_misses,
+            "num_replicas": m.num_replicas,
+            "abandoned_threads": m.abandoned_threads,
+            "replaced_replicas": m.replaced_replicas,
+            "version": m.version,
+            "is_current": m.is_current,
+            "stopped": m.stopped,
+        }
+    return {
+        "apps": apps,
+        "models": models,
+        "cache": {"size": s.cache.size, "maxsize": s.cache.maxsize, "inflight": s.cache.inflight},
+        "abandoned_threads": s.abandoned_threads,
+        "state": s.state,
+    }

@@ -7,7 +7,8 @@
     ├── UnknownApplicationError (KeyError)    no application has that name
     ├── UnknownModelError (KeyError)          no model (or model version) has that name
     ├── AlreadyExistsError                    an app name or a model version is taken
-    └── ClipperClosedError                    the Clipper is not running
+    ├── ClipperClosedError                    the Clipper is not running
+    └── WorkerDiedError                       a replica's worker (process, actor) died
 
 Every error carries the names it is about as attributes, so callers need not
 parse messages.
@@ -73,3 +74,12 @@ class AlreadyExistsError(ClipperError):
 
 class ClipperClosedError(ClipperError):
     """A query or a deployment reached a Clipper that is not running."""
+
+
+class WorkerDiedError(ClipperError):
+    """Raised by a replica's `run_batch` when the worker running the batch died (a process
+    crashed, a Ray actor was killed); its queries get the `worker_died` default."""
+
+    def __init__(self, message: str, *, replica: str | None = None):
+        super().__init__(message)
+        self.replica = replica

@@ -7,17 +7,26 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from . import _defaults
 from ._aimd import AIMD, FixedBatchSize
-from ._backends import Replica, make_replica
-from ._batching import Batcher, Query, ReplicaSlot
+from ._batching import Batcher, ReplicaSlot
 from ._clock import Clock
-from ._types import Cause, Failure
+from ._queue import Query
+from ._types import Backend, BatchRecord, DefaultCause, Failure, ModelStatistics, Replica
 
 logger = logging.getLogger("clipperlite")
 
-#: The AIMD budget when no app links the model yet (seconds).
-UNLINKED_SLO = 0.1
-_MIN_BUDGET = 0.0005
+
+class ServingReplica:
+    """A replica in service: the backend's replica, its slot in the pull loop, the task
+    running that loop."""
+
+    __slots__ = ("replica", "slot", "task")
+
+    def __init__(self, replica: Replica, slot: ReplicaSlot, task: asyncio.Task[None]) -> None:
+        self.replica = replica
+        self.slot = slot
+        self.task = task
 
 
 def budget_for(slo: float, batch_wait: float) -> float:
@@ -27,7 +36,7 @@ def budget_for(slo: float, batch_wait: float) -> float:
     started waits for it (at most B) and then runs in the next one (at most B), and
     may first sit out the batch wait: 2 B + batch_wait <= SLO.
     """
-    return max(_MIN_BUDGET, (slo - batch_wait) / 2.0)
+    return max(_defaults.MIN_BUDGET_S, (slo - batch_wait) / 2.0)
 
 
 class ModelVersion:
@@ -40,53 +49,60 @@ class ModelVersion:
         input_type: str,
         func: Callable[[list[Any]], Any],
         *,
-        backend: str,
+        backend: Backend,
+        backend_name: str,
         batch_size: int | None,
         batch_wait: float,
         max_queue: int,
         clock: Clock,
-        hang_timeout: float = 5.0,
+        hang_timeout: float = _defaults.HANG_TIMEOUT_S,
+        cache: bool = True,
+        history_size: int = _defaults.HISTORY_SIZE,
+        serial: int = 0,
     ) -> None:
         self.name = name
         #: A batch still running this long after the last deadline of its queries is hung.
         self.hang_after = hang_timeout
         self.version = version
         self.version_key = str(version)
-        #: Tells apart two deployments of one version (set by the Clipper).
-        self.deployment = 0
+        #: The deployment's number: tells apart two deployments of one version (cache keys).
+        self.serial = serial
         self.input_type = input_type
         self.func = func
         self.backend = backend
+        self.backend_name = backend_name
+        #: Whether its outputs may be cached.
+        self.cache = cache
         self.batch_size = batch_size
         self.sizer: AIMD | FixedBatchSize = (
             FixedBatchSize(batch_size)
             if batch_size is not None
-            else AIMD(budget_for(UNLINKED_SLO, batch_wait), ceiling=max_queue)
+            else AIMD(budget_for(_defaults.UNLINKED_SLO_S, batch_wait), ceiling=max_queue)
         )
         self.batcher = Batcher(
             self.sizer,
             batch_wait=batch_wait,
             max_queue=max_queue,
             clock=clock,
-            describe=f"{name}:{version}",
+            history_size=history_size,
         )
         self.batch_wait = batch_wait
-        self._replicas: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]] = []
-        self._serial = 0
+        self._replicas: list[ServingReplica] = []
+        self._replica_count = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.abandoned = 0
         self.replaced = 0
         self.stopped = False
         self.clock = clock
-        self.slo = UNLINKED_SLO
         self._watchdog: asyncio.Task[None] | None = None
         self._scaling = asyncio.Lock()
         self._wanted = 0
-        self._starting: set[Replica] = set()
+        #: Replicas being started by the backend (stop() waits for them, then cancels).
+        self._starting: set[asyncio.Task[Replica]] = set()
         self._chores: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Task[None] | None = None
-        self._retiring: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]] = []
+        self._retiring: list[ServingReplica] = []
 
     def __repr__(self) -> str:
         return f"<ModelVersion {self.name}:{self.version} replicas={self.num_replicas}>"
@@ -97,39 +113,46 @@ class ModelVersion:
 
     def set_slo(self, slo: float) -> None:
         """Re-derive the AIMD budget from the tightest SLO of the apps this model serves."""
-        self.slo = slo
         if isinstance(self.sizer, AIMD):
             self.sizer.budget = budget_for(slo, self.batch_wait)
 
     def submit(self, q: Query) -> Failure | None:
         """Queue a query for this version, or say why it cannot be."""
         if self.stopped:
-            return Failure(Cause.NO_REPLICA, "is not deployed (it was stopped)")
+            return Failure(DefaultCause.NO_REPLICA, "is not deployed (it was stopped)")
         return self.batcher.submit(q)
 
     async def _add_replica(self) -> None:
         """Start one replica and put it in service (unless the version stopped meanwhile)."""
-        self._serial += 1
-        name = f"clipperlite:{self.name}:{self.version}:{self._serial}"
-        replica = make_replica(self.backend, self.func, name)
-        self._starting.add(replica)
+        self._replica_count += 1
+        name = f"clipperlite:{self.name}:{self.version}:{self._replica_count}"
+        loop = asyncio.get_running_loop()
+        # A task of its own, so stop() can cancel a start that outlives the grace period
+        # (a backend's start_replica leaves nothing behind when cancelled).
+        start = loop.create_task(self.backend.start_replica(self.func, name=name), name=name)
+        self._starting.add(start)
         try:
-            await replica.start()
-        except BaseException:  # failed or cancelled: its thread or process must not linger
-            await asyncio.shield(self._discard(replica))
+            replica = await start
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            ours = me is not None and getattr(me, "cancelling", lambda: 0)() > 0
+            if self.stopped and not ours:  # stop() cancelled the start, not our caller
+                raise RuntimeError(
+                    "the model version was stopped while a replica started"
+                ) from None
             raise
         finally:
-            self._starting.discard(replica)
+            self._starting.discard(start)
         if self.stopped:  # stop() has come and gone while this one started
             await self._discard(replica)
             return
         slot = ReplicaSlot(replica.run_batch, name)
         self.batcher.replicas.append(slot)
-        task = asyncio.get_running_loop().create_task(self.batcher.serve(slot), name=name)
+        task = loop.create_task(self.batcher.serve(slot), name=name)
         task.add_done_callback(self._on_replica_exit)
-        self._replicas.append((replica, slot, task))
+        self._replicas.append(ServingReplica(replica, slot, task))
 
-    async def _discard(self, replica: Replica, grace: float = 1.0) -> None:
+    async def _discard(self, replica: Replica, grace: float = _defaults.REPLICA_STOP_S) -> None:
         if not await replica.stop(grace):
             self.abandoned += 1
 
@@ -145,7 +168,7 @@ class ModelVersion:
     def _on_replica_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.stopped:
             return  # we cancelled it (a stop, a scale-down, a replacement, loop teardown)
-        entry = next((e for e in self._replicas if e[2] is task), None)
+        entry = next((e for e in self._replicas if e.task is task), None)
         if entry is None:
             return
         # A serve loop ended on its own (a bug): take it out of service and start another.
@@ -155,8 +178,8 @@ class ModelVersion:
             exc_info=task.exception(),
         )
         self._replicas.remove(entry)
-        if entry[1] in self.batcher.replicas:
-            self.batcher.replicas.remove(entry[1])
+        if entry.slot in self.batcher.replicas:
+            self.batcher.replicas.remove(entry.slot)
         self.replaced += 1
         self._spawn(self._retire_one(entry, replace=True), "restart")
 
@@ -167,12 +190,10 @@ class ModelVersion:
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
-    async def _retire_one(
-        self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]], *, replace: bool
-    ) -> None:
+    async def _retire_one(self, entry: ServingReplica, *, replace: bool) -> None:
         """Stop one replica taken out of service (stop() finishes this if cancelled),
         first starting its replacement when asked to."""
-        replica, slot, task = entry
+        replica, slot, task = entry.replica, entry.slot, entry.task
         self._retiring.append(entry)
         try:
             if replace:
@@ -193,12 +214,12 @@ class ModelVersion:
             await asyncio.sleep(max(0.05, self.hang_after / 4))
             now = self.clock()
             for entry in list(self._replicas):
-                batch = entry[1].batch
+                batch = entry.slot.batch
                 if batch and now - max(q.deadline for q in batch) > self.hang_after:
                     self._replace(entry)
 
-    def _replace(self, entry: tuple[Replica, ReplicaSlot, asyncio.Task[None]]) -> None:
-        slot = entry[1]
+    def _replace(self, entry: ServingReplica) -> None:
+        slot = entry.slot
         if entry not in self._replicas:
             return
         logger.warning(
@@ -209,7 +230,7 @@ class ModelVersion:
         self._replicas.remove(entry)
         slot.stopping = True
         hung = Failure(
-            Cause.DEADLINE, f"hung: still running {self.hang_after:.1f} s past the deadline"
+            DefaultCause.DEADLINE, f"hung: still running {self.hang_after:.1f} s past the deadline"
         )
         for q in slot.batch or ():
             q.resolve(hung)
@@ -235,35 +256,33 @@ class ModelVersion:
                 return  # stop() retires whatever was started
             doomed = self._replicas[n:]
             del self._replicas[n:]
-            for _, slot, _ in doomed:
-                slot.stopping = True
-                self.batcher.replicas.remove(slot)
+            for e in doomed:
+                e.slot.stopping = True
+                self.batcher.replicas.remove(e.slot)
             self.batcher.wake_all()
             if n == 0:
-                self.batcher.fail_queued(Failure(Cause.NO_REPLICA, "has no running replica"))
+                self.batcher.fail_queued(Failure(DefaultCause.NO_REPLICA, "has no running replica"))
             self._retiring.extend(doomed)  # stop() takes over if it comes meanwhile
             await self._retire(doomed, grace)
 
-    async def _retire(
-        self, doomed: list[tuple[Replica, ReplicaSlot, asyncio.Task[None]]], grace: float
-    ) -> None:
+    async def _retire(self, doomed: list[ServingReplica], grace: float) -> None:
         if not doomed:
             return
-        tasks = [t for _, _, t in doomed]
+        tasks = [e.task for e in doomed]
         _done, pending = await asyncio.wait(tasks, timeout=grace)
-        scaled = Failure(Cause.NO_REPLICA, "had its replica stopped (scaled down) mid-batch")
-        for _, slot, task in doomed:
-            if task in pending:
-                for q in slot.batch or ():
+        scaled = Failure(DefaultCause.NO_REPLICA, "had its replica stopped (scaled down) mid-batch")
+        for e in doomed:
+            if e.task in pending:
+                for q in e.slot.batch or ():
                     q.resolve(scaled)
-                task.cancel()
+                e.task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=0.1)
         mine = [e for e in doomed if e in self._retiring]  # stop() may have taken the rest
         for e in mine:
             self._retiring.remove(e)
         results = await asyncio.gather(
-            *(r.stop(0.0 if t in pending else max(0.05, grace)) for r, _, t in mine)
+            *(e.replica.stop(0.0 if e.task in pending else max(0.05, grace)) for e in mine)
         )
         self.abandoned += sum(1 for ok in results if not ok)
 
@@ -288,18 +307,19 @@ class ModelVersion:
             self._watchdog.cancel()
         for chore in list(self._chores):
             chore.cancel()
-        # Replicas still starting: give them until the grace period ends, then force them.
+        # Replicas still starting: give them until the grace period ends, then cancel the
+        # rest (a cancelled start_replica stops what it started).
         if self._starting:
-            for _ in range(int(grace / 0.01) + 1):
-                if not self._starting or loop.time() >= end:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.gather(*(r.stop(0.0) for r in list(self._starting)))
+            starting = list(self._starting)
+            await asyncio.wait(starting, timeout=max(0.0, end - loop.time()))
+            for start in starting:
+                start.cancel()
+            await asyncio.wait(starting)
         doomed, self._replicas = self._replicas + self._retiring, []
         self._retiring = []
-        for _, slot, _ in doomed:
-            slot.stopping = True
-        tasks = [t for _, _, t in doomed]
+        for e in doomed:
+            e.slot.stopping = True
+        tasks = [e.task for e in doomed]
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
         batcher.fail_running(failure)
@@ -310,29 +330,41 @@ class ModelVersion:
             await asyncio.wait(pending, timeout=0.1)
         left = max(0.05, end - loop.time())
         results = await asyncio.gather(
-            *(r.stop(0.0 if t in pending else left) for r, _, t in doomed)
+            *(e.replica.stop(0.0 if e.task in pending else left) for e in doomed)
         )
         self.abandoned += sum(1 for ok in results if not ok)
         batcher.replicas.clear()
 
-    def statistics(self) -> dict[str, Any]:
-        """Plain counters and gauges for `metrics()`."""
+    def statistics(self, *, is_current: bool) -> ModelStatistics:
+        """A frozen snapshot of this version's figures."""
         s = self.batcher.stats
-        return {
-            "batches": s.batches,
-            "mean_batch_size": (s.items / s.batches) if s.batches else 0.0,
-            "max_batch_size": self.sizer.max_batch,
-            "batch_latency_micros": s.latency_ewma * 1e6,
-            "queue_length": len(self.batcher.queue),
-            "errors": s.errors,
-            "retried_batches": s.retries,
-            "expired_in_queue": s.expired,
-            "cancelled_in_queue": s.cancelled,
-            "rejected_queue_full": s.rejected,
-            "rejected_would_miss": s.would_miss,
-            "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses,
-            "num_replicas": self.num_replicas,
-            "abandoned_threads": self.abandoned,
-            "replaced_replicas": self.replaced,
-        }
+        return ModelStatistics(
+            name=self.name,
+            version=self.version,
+            is_current=is_current,
+            stopped=self.stopped,
+            backend=self.backend_name,
+            num_replicas=self.num_replicas,
+            batches=s.batches,
+            items=s.items,
+            mean_batch_size=(s.items / s.batches) if s.batches else 0.0,
+            max_batch_size=self.sizer.max_batch,
+            batch_latency_micros=s.latency_ewma * 1e6,
+            queue_length=len(self.batcher.queue),
+            errors=s.errors,
+            retried_batches=s.retries,
+            expired_in_queue=s.expired,
+            cancelled_in_queue=s.cancelled,
+            rejected_queue_full=s.rejected,
+            rejected_would_miss=s.would_miss,
+            cache_hits=self.cache_hits,
+            cache_misses=self.cache_misses,
+            abandoned_threads=self.abandoned,
+            replaced_replicas=self.replaced,
+            batch_latency=s.latency_histogram.export(),
+            batch_size=s.size_histogram.export(),
+        )
+
+    def history(self) -> list[BatchRecord]:
+        """The recent batches, oldest first (a copy)."""
+        return list(self.batcher.history)

@@ -1,5 +1,6 @@
-"""The path of one query: the policy's choice, the cache, the model's batcher, the
-deadline, the combined answer; every answer counted in its app's statistics."""
+"""Clipper's QueryProcessor: the path of one query (the policy's choice, the cache, the
+model's batcher, the deadline, the combined answer, counted in its app's statistics)
+and of one feedback (the same choice and outputs, then the policy's update)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,17 @@ import asyncio
 from collections.abc import Hashable
 from typing import Any
 
-from ._apps import App, Model
-from ._batching import DONE, Query
 from ._cache import PredictionCache
 from ._clock import MICROS
 from ._errors import ClipperError
 from ._model import ModelVersion
+from ._queue import DONE, Query
+from ._registry import App, Model
 from ._timers import DeadlineTimer
-from ._types import Cause, Failure, Prediction
+from ._types import DefaultCause, Failure, Prediction
 
 _MISS = PredictionCache.MISS
-_LATE = Failure(Cause.DEADLINE, "did not answer within the deadline")
+_LATE = Failure(DefaultCause.DEADLINE, "did not answer within the deadline")
 
 #: Why a chosen model gave no output: (model name, its current version if any, failure).
 Miss = tuple[str, ModelVersion | None, Failure]
@@ -33,8 +34,8 @@ def _set_none(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class Router:
-    """Answers queries against the Clipper's tables, cache and deadline timer."""
+class QueryProcessor:
+    """Answers queries and feedback against the Clipper's tables, cache and deadline timer."""
 
     def __init__(
         self,
@@ -62,7 +63,9 @@ class Router:
     async def answer(self, a: App, xv: Any, qid: int, t0: float, deadline: float) -> Prediction:
         """One query of app `a` on validated input xv, answered by `deadline`."""
         if not a.links:
-            return self._default(a, qid, t0, Cause.NO_MODEL, f"app {a.name!r} has no linked model")
+            return self._default(
+                a, qid, t0, DefaultCause.NO_MODEL, f"app {a.name!r} has no linked model"
+            )
         policy = a.policy
         try:
             chosen = self.select(a, xv)
@@ -72,15 +75,16 @@ class Router:
                 a,
                 qid,
                 t0,
-                Cause.POLICY_ERROR,
+                DefaultCause.POLICY_ERROR,
                 f"app {a.name!r}: policy {a.policy_name} raised {type(exc).__name__}: {exc}",
             )
         outputs, misses = await self.outputs(a, chosen, xv, t0, deadline)
         if not outputs:
             name, mv, failure = misses[0]
-            return self._default(
-                a, qid, t0, failure.cause, self._explain(a, name, mv, failure, deadline - t0)
-            )
+            cause = failure.cause
+            assert isinstance(cause, DefaultCause)  # a cancelled query has no caller left
+            explanation = self._explain(a, name, mv, failure, deadline - t0)
+            return self._default(a, qid, t0, cause, explanation)
         try:
             answer, confidence = policy.combine(state, xv, outputs)
             confidence = float(confidence)
@@ -91,7 +95,7 @@ class Router:
                 a,
                 qid,
                 t0,
-                Cause.POLICY_ERROR,
+                DefaultCause.POLICY_ERROR,
                 f"app {a.name!r}: policy {a.policy_name} combine raised"
                 f" {type(exc).__name__}: {exc}",
                 len(outputs),
@@ -101,7 +105,7 @@ class Router:
                 a,
                 qid,
                 t0,
-                Cause.LOW_CONFIDENCE,
+                DefaultCause.LOW_CONFIDENCE,
                 f"app {a.name!r}: confidence {confidence:.3f} of the answer from"
                 f" {', '.join(map(repr, outputs))} is below min_confidence {a.min_confidence}",
                 len(outputs),
@@ -154,13 +158,13 @@ class Router:
         model = self._models.get(name)
         mv = model.current_version() if model is not None else None
         if mv is None:
-            return Failure(Cause.NO_REPLICA, "is not deployed"), None
+            return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None
         ck = None
         cache = self._cache
-        if key is not None:
+        if key is not None and mv.cache:
             # The deployment's serial too: a batch of a stopped deployment finishing late
             # must not answer for a new deployment of the same version.
-            ck = (name, mv.version_key, mv.deployment, key)
+            ck = (name, mv.version_key, mv.serial, key)
             out = cache.get(ck)
             if out is not _MISS:
                 mv.cache_hits += 1
@@ -188,6 +192,30 @@ class Router:
         if not isinstance(outcome, Failure):
             cache.put(q.key, outcome)
 
+    async def feedback(self, a: App, xv: Any, y: Any, t0: float) -> None:
+        """Apply feedback y for xv: the selected models' outputs (cached, else computed
+        within the app's SLO), then the policy's update; raises ClipperError if the
+        policy fails."""
+        if not a.links:
+            return
+        try:
+            chosen = self.select(a, xv)
+        except Exception as exc:
+            raise ClipperError(
+                f"app {a.name!r}: policy {a.policy_name} select raised {type(exc).__name__}: {exc}"
+            ) from exc
+        outputs, _ = await self.outputs(a, chosen, xv, t0, t0 + a.slo)
+        # The links may have changed while the outputs were computed.
+        outputs = {m: out for m, out in outputs.items() if m in a.links}
+        if not outputs:
+            return
+        try:
+            a.state = a.policy.observe(a.policy_state(), xv, y, outputs)
+        except Exception as exc:
+            raise ClipperError(
+                f"app {a.name!r}: policy {a.policy_name} observe raised {type(exc).__name__}: {exc}"
+            ) from exc
+
     async def _wait_all(self, futs: list[asyncio.Future[Any]], deadline: float) -> None:
         """Wait until every future is done or the deadline passes; stragglers then get
         the deadline failure, which also tells their queries that we stopped waiting."""
@@ -214,16 +242,16 @@ class Router:
         a: App,
         qid: int,
         t0: float,
-        cause: Cause,
+        cause: DefaultCause,
         explanation: str,
         models: int = 0,
         confidence: float = 0.0,
     ) -> Prediction:
         defaults = a.stats.defaults
-        defaults[cause.value] = defaults.get(cause.value, 0) + 1
+        defaults[cause] = defaults.get(cause, 0) + 1
         latency = self._record(a, t0)
         return Prediction(
-            qid, a.default_output, True, explanation, models, confidence, latency, cause.value
+            qid, a.default_output, True, explanation, models, confidence, latency, cause
         )
 
     def _record(self, a: App, t0: float) -> float:
@@ -236,11 +264,11 @@ class Router:
     @staticmethod
     def _explain(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:
         model = f"model {name!r}" if mv is None else f"model {name!r} (version {mv.version!r})"
-        if failure.cause is Cause.DEADLINE:
+        if failure.cause is DefaultCause.DEADLINE:
             return (
                 f"app {a.name!r}: {model} did not answer within the deadline"
                 f" ({slo * MICROS:.0f} µs)"
             )
-        if failure.cause is Cause.SHUTDOWN:
+        if failure.cause is DefaultCause.SHUTDOWN:
             return f"app {a.name!r}: the Clipper is shutting down (query for {model} not answered)"
         return f"app {a.name!r}: {model} {failure.detail}"

@@ -1,0 +1,51 @@
+"""Every default value of clipperlite, once, with the reason for it and what chose it."""
+
+from __future__ import annotations
+
+#: Cached predictions kept (LRU). Clipper's cache held a few thousand entries; 10,000
+#: costs a few MB for typical inputs (benchmarks/memory.py: 41 -> 51 MB RSS when full).
+CACHE_SIZE = 10_000
+
+#: Seconds `stop()` lets running batches finish: long enough for any batch that fits an
+#: SLO of a second, short enough that a service restart is not held up.
+SHUTDOWN_GRACE_S = 3.0
+
+#: A replica still in one batch this many seconds past its queries' last deadline is
+#: hung and replaced: far beyond any SLO, so a slow but healthy batch is never cut.
+HANG_TIMEOUT_S = 5.0
+
+#: Batches remembered per model version for `history()`: ~10 s of a busy model, what a
+#: plot shows; each record is a small slotted object.
+HISTORY_SIZE = 1000
+
+#: Microseconds a short batch may wait for more queries. 0: a replica takes what is
+#: queued at once; benchmarks/batch_wait.py shows no gain from waiting under load (the
+#: queue fills while the previous batch runs), only added latency when idle.
+BATCH_WAIT_MICROS = 0.0
+
+#: A model's queue bound: large enough never to limit AIMD in normal operation (the
+#: largest batches measured are a few hundred), small enough to bound memory.
+MAX_QUEUE = 10_000
+
+#: `create_endpoint`'s SLO: the default of Clipper's own `create_endpoint` (3 s), a
+#: generous objective for a first endpoint that the user tightens.
+ENDPOINT_SLO_MICROS = 3_000_000
+
+#: The selection policy of an app registered without one: Exp3, as in Clipper.
+POLICY = "exp3"
+
+#: Contexts (per-user policy states) kept per app, least recently used dropped: a
+#: state of a few floats each, so 10,000 bound memory to about a MB per app.
+MAX_CONTEXTS = 10_000
+
+#: The AIMD budget (seconds) of a model no app links yet: it is not serving anyone, so
+#: any modest value; it is re-derived from the apps' SLOs when one links it.
+UNLINKED_SLO_S = 0.1
+
+#: The smallest AIMD budget (seconds): below the event loop's timer resolution (~1 ms)
+#: budgets mean nothing.
+MIN_BUDGET_S = 0.0005
+
+#: Seconds a replica's stop waits for a thread to end after its last batch when no grace
+#: is asked for (a scale-down or replacement).
+REPLICA_STOP_S = 1.0
