@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="the http extra is not installed")
 
-from clipperlite import Prediction  # noqa: E402
-from clipperlite.http import _codec  # noqa: E402
-from clipperlite.http._codec import RequestError  # noqa: E402
+from clipperlite import Prediction
+from clipperlite.http import _codec
+from clipperlite.http._codec import RequestError
 
 INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings", "any")
 
@@ -24,8 +24,9 @@ json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=F
     allow_infinity=False) | st.text()  # fmt: skip
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=8,
 )
 #: Enough generated cases to find the odd one, cheap enough for a 2-core CI machine.
@@ -141,7 +142,7 @@ def test_encode_input_is_what_a_client_sends(value: Any, input_type: str, wire: 
     assert _codec.encode_input(value, input_type) == wire
 
 
-# -- request shapes ---------------------------------------------------------------------------------
+# -- request shapes ------------------------------------------------------------------------------
 
 request_fields = st.fixed_dictionaries(
     {},
@@ -158,7 +159,9 @@ request_fields = st.fixed_dictionaries(
 
 @VOLUME
 @given(request_fields, st.sampled_from(INPUT_TYPES))
-def test_predict_bodies_decode_or_raise_request_error(body: dict[str, Any], input_type: str) -> None:
+def test_predict_bodies_decode_or_raise_request_error(
+    body: dict[str, Any], input_type: str
+) -> None:
     """Every generated predict body decodes to a request or raises RequestError, nothing else."""
     try:
         req = _codec.decode_predict(body, input_type)
@@ -178,8 +181,11 @@ def test_update_bodies_decode_or_raise_request_error(body: dict[str, Any], input
     try:
         req = _codec.decode_update(body, input_type)
     except RequestError:
-        assert "input" not in body or "label" not in body or input_type == "bytes" or (
-            "context" in body and isinstance(body["context"], list | dict)
+        assert (
+            "input" not in body
+            or "label" not in body
+            or input_type == "bytes"
+            or ("context" in body and isinstance(body["context"], list | dict))
         )
         return
     assert req.label == body["label"]
@@ -188,7 +194,12 @@ def test_update_bodies_decode_or_raise_request_error(body: dict[str, Any], input
 def test_the_quickstart_body_decodes() -> None:
     """Clipper's quickstart body is one doubles input with the app's SLO."""
     req = _codec.decode_predict({"input": [1.1, 2.2, 3.3]}, "doubles")
-    assert (req.inputs, req.batch, req.slo_micros, req.context) == ([[1.1, 2.2, 3.3]], False, None, None)
+    assert (req.inputs, req.batch, req.slo_micros, req.context) == (
+        [[1.1, 2.2, 3.3]],
+        False,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,9 +249,11 @@ numpy_values = st.one_of(
 )
 anything = st.recursive(
     json_scalars | st.floats() | numpy_values | st.binary(max_size=8) | st.just(object()),
-    lambda children: st.lists(children, max_size=4)
-    | st.tuples(children, children)
-    | st.dictionaries(st.text(max_size=4) | st.integers(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=4) | st.integers(), children, max_size=4)
+    ),
     max_leaves=16,
 )
 

@@ -40,11 +40,13 @@ def load_target(spec: str) -> Any:
             raise  # the module exists and one of its own imports is missing
         raise TargetError(f"no module named {module_name!r}") from None
     for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise TargetError(f"module {module_name!r} has no attribute {attribute!r}") from None
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            raise TargetError(f"module {module_name!r} has no attribute {attribute!r}")
     return obj
+
+
+_MISSING = object()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ on a registry of its own. Every metric is listed in docs/metrics.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ try:
         Metric,
     )
     from prometheus_client.registry import Collector
-    from prometheus_client.utils import floatToGoString
 except ImportError:  # pragma: no cover - exercised by the "extra missing" test in a subprocess
     raise ImportError(
         "clipperlite.prometheus needs prometheus-client: pip install 'clipperlite[prometheus]'"
@@ -157,15 +157,13 @@ def _families() -> tuple[Any, ...]:
 
 def _add_histogram(family: HistogramMetricFamily, labels: Sequence[str], hist: Any) -> None:
     """One histogram's cumulative buckets (the last bound is +Inf) and its sum."""
-    family.add_metric(
-        list(labels), list(_buckets(hist.bounds, hist.counts, hist.count)), hist.sum
-    )
+    family.add_metric(list(labels), list(_buckets(hist.bounds, hist.counts, hist.count)), hist.sum)
 
 
 def _buckets(
     bounds: Sequence[float], counts: Sequence[int], total: int
 ) -> Iterator[tuple[str, float]]:
     for bound, count in zip(bounds, counts, strict=True):
-        yield floatToGoString(bound), count
-    if not bounds or bounds[-1] != float("inf"):  # the exposition needs +Inf
+        yield ("+Inf" if bound == math.inf else repr(float(bound))), count
+    if not bounds or bounds[-1] != math.inf:  # the exposition needs +Inf
         yield "+Inf", total

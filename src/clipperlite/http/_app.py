@@ -182,7 +182,9 @@ class _Frontend:
         """GET /metrics: the Clipper's figures in Prometheus text format."""
         if self.clipper is None:
             return _json(503, _codec.error_json("unavailable", "the Clipper is not running"))
-        return Response(generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(
+            generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def health(self, request: Request) -> Response:
         """GET /health: 200 while the Clipper runs, 503 otherwise."""
@@ -268,4 +270,3 @@ def create_app(target: Target, *, max_body_bytes: int = 10_000_000) -> Starlette
     )
     app.state.clipperlite = frontend
     return app
-

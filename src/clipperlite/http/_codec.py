@@ -171,11 +171,12 @@ def decode_predict(body: Mapping[str, Any], input_type: str) -> PredictRequest:
                 "malformed request", f"'input_batch' must be a list, got {_json_type(batch)}"
             )
         inputs = []
-        for i, x in enumerate(batch):
-            try:
+        try:
+            for x in batch:
                 inputs.append(decode_input(x, input_type))
-            except RequestError as exc:
-                raise RequestError(exc.error, f"input {i} of the batch: {exc.cause}") from None
+        except RequestError as exc:
+            cause = f"input {len(inputs)} of the batch: {exc.cause}"
+            raise RequestError(exc.error, cause) from None
     return PredictRequest(
         inputs, has_batch, _slo(body.get("slo_micros")), decode_context(body.get("context"))
     )
