@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("prometheus_client", reason="the prometheus extra is not installed")
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.exposition import start_http_server  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
-from clipperlite import Clipper, DefaultCause  # noqa: E402
-from clipperlite.prometheus import ClipperCollector  # noqa: E402
+from clipperlite import Clipper, DefaultCause
+from clipperlite.prometheus import ClipperCollector
 
 NAMES = {
     "clipperlite_queries": ("counter", ("app",)),
