@@ -269,7 +269,7 @@ def main() -> None:
 
     quick = args.quick
     duration = 1.5 if quick else 4.0
-    rates = [100, 200, 400] if quick else [100, 200, 300, 400, 500, 600, 800, 1000]
+    rates = [50, 100, 200] if quick else [25, 50, 100, 150, 200, 300, 400, 600, 800, 1000]
     n_seq = 200 if quick else 1000
     print(
         f"model: {FIXED_S * 1e3:.1f} ms + {PER_ITEM_S * 1e6:.0f} µs/item (GIL held); "

@@ -85,6 +85,7 @@ class _Frontend:
                     "not a Clipper"
                 )
             self.clipper, self._owned = clipper, True
+            self.registry = CollectorRegistry()  # a fresh one each time the factory runs
             self.registry.register(ClipperCollector(clipper))
         assert self.clipper is not None
         if not self.clipper.running:
