@@ -232,6 +232,13 @@ def client(*args: str) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
     import httpx
 
@@ -278,6 +285,7 @@ def main() -> None:
     ports = {kind: free_port() for kind in KINDS}
     servers = [run_self("--serve", kind, "--port", str(port)) for kind, port in ports.items()]
     best = dict.fromkeys(KINDS, 0.0)
+    cpu_us: dict[str, list[float]] = {k: [] for k in KINDS}
     try:
         for kind, server in zip(KINDS, servers, strict=True):
             wait_healthy(ports[kind], server)
@@ -288,10 +296,15 @@ def main() -> None:
         for rate in rates:
             for kind in list(alive):
                 for _attempt in range(2):
+                    cpu0 = cpu_seconds(servers[KINDS.index(kind)].pid)
                     row = client("load", str(ports[kind]), str(rate), str(duration))
+                    cpu = cpu_seconds(servers[KINDS.index(kind)].pid) - cpu0
+                    sent = rate * (duration + min(1.0, duration / 2))
+                    cpu_us[kind].append(cpu / sent * 1e6)
                     ok = row["p99_us"] <= SLO_MICROS and row["failures"] == 0
                     print(f"  {kind:10s} rate {rate:5.0f}/s  p50 {row['p50_us'] / 1000:8.2f} ms  "
                           f"p99 {row['p99_us'] / 1000:8.2f} ms  failures {row['failures']:5d}  "
+                          f"server CPU {cpu / sent * 1e6:6.0f} µs/req  "
                           f"{'ok' if ok else 'MISS'}")  # fmt: skip
                     if ok:
                         break
@@ -320,6 +333,10 @@ def main() -> None:
         ("frontend over HTTP", front_seq),
     ):
         print(f"  {name:38s} {p(values, 50):8.0f} {p(values, 99):8.0f}")
+    print("server CPU per request (µs, median over the rates run):")
+    for kind in KINDS:
+        print(f"  {kind:38s} {np.median(cpu_us[kind]):8.0f}")
+    cpu_ratio = np.median(cpu_us[baseline]) / np.median(cpu_us["frontend"])
     added = p(front_seq, 50) - p(local, 50)
     best_b, best_f = best[baseline], best["frontend"]
     ratio = best_f / best_b if best_b else float("inf")
@@ -327,7 +344,8 @@ def main() -> None:
         f"summary: highest rate with p99 <= SLO: frontend {best_f:.0f}/s vs baseline "
         f"({baseline}) {best_b:.0f}/s ({ratio:.2f}x); frontend adds {added:.0f} µs per "
         f"request (p50) over in-process predict; frontend/baseline sequential round trip "
-        f"p50 {p(front_seq, 50) / p(base_seq, 50):.2f}x"
+        f"p50 {p(front_seq, 50) / p(base_seq, 50):.2f}x; baseline/frontend server CPU per "
+        f"request {cpu_ratio:.2f}x"
     )
 
 
