@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.config import LOG_LEVELS
 
 from clipperlite import Clipper
 
@@ -88,10 +89,13 @@ def serve(
 
     Raises:
         TypeError: `target` is not something `serve` can serve.
+        ValueError: `log_level` is not one of uvicorn's.
     """
     app = as_asgi(target)
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
-    logging.getLogger("clipperlite").setLevel(log_level.upper())
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    logging.getLogger("clipperlite").setLevel(LOG_LEVELS[log_level])
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
     server = uvicorn.Server(config)
     with _signals_absorbed():
