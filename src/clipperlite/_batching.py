@@ -64,15 +64,14 @@ class BatcherStats:
 class ReplicaSlot:
     """A replica's place in the pull loop: its `run_batch` and whether it should stop."""
 
-    __slots__ = ("batch", "busy_since", "name", "run_batch", "stopping")
+    __slots__ = ("batch", "name", "run_batch", "stopping")
 
     def __init__(self, run_batch: RunBatch, name: str) -> None:
         self.run_batch = run_batch
         self.stopping = False
         self.name = name
-        #: The batch now running on this replica, and since when (clock time).
+        #: The batch now running on this replica (the watchdog reads its deadlines).
         self.batch: list[Query] | None = None
-        self.busy_since = 0.0
 
 
 class Batcher:
@@ -213,7 +212,6 @@ class Batcher:
                 self._shed(dropped)
             if batch:
                 slot.batch = batch
-                slot.busy_since = self.clock()
                 try:
                     await self._run(slot.run_batch, batch)
                 finally:
