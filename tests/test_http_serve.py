@@ -204,3 +204,59 @@ def test_without_the_extra_serve_prints_the_install_line(tmp_path: Path) -> None
     assert out.returncode != 0
     assert "pip install 'clipperlite[http]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# -- in-process: what the command does before uvicorn runs -------------------------------
+
+
+def test_as_asgi_takes_a_clipper_a_factory_or_an_app() -> None:
+    """A Clipper and a factory become create_app apps; an ASGI app passes through."""
+    from starlette.applications import Starlette
+
+    from clipperlite import Clipper
+    from clipperlite.http import create_app
+    from clipperlite.http._serve import as_asgi
+
+    async def factory() -> Clipper:
+        return await Clipper().start()
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    app = create_app(Clipper())
+    assert isinstance(as_asgi(Clipper()), Starlette)
+    assert isinstance(as_asgi(factory), Starlette)
+    assert as_asgi(app) is app
+    assert as_asgi(asgi) is asgi
+    with pytest.raises(TypeError, match="serve takes"):
+        as_asgi(42)
+
+
+def test_serve_refuses_an_unknown_log_level() -> None:
+    """A log level uvicorn does not know is a ValueError before anything binds."""
+    from clipperlite import Clipper
+    from clipperlite.http import serve
+
+    with pytest.raises(ValueError, match="log_level"):
+        serve(Clipper(), log_level="loud")
+
+
+def test_the_command_reports_a_bad_target_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """`main(["serve", ...])` with a target that is not servable prints why, status 2."""
+    from clipperlite import __main__ as cli
+
+    assert cli.main(["serve", "json:dumps.__name__"]) == 2
+    assert "serve takes" in capsys.readouterr().err
+
+
+def test_the_command_without_the_extra_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With clipperlite.http unimportable, `main(["serve", ...])` prints the pip line."""
+    import clipperlite
+    from clipperlite import __main__ as cli
+
+    monkeypatch.setitem(sys.modules, "clipperlite.http", None)
+    monkeypatch.delattr(clipperlite, "http", raising=False)
+    assert cli.main(["serve", "http_service:make"]) == 1
+    assert "pip install 'clipperlite[http]'" in capsys.readouterr().err
