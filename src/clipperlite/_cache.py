@@ -6,29 +6,67 @@ from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
 import cachetools as _ct
+import numpy as np
 
 T = TypeVar("T")
 
 _MISS = object()
 
+#: The estimated bytes of a value that is not an array, bytes or str (a number, a small
+#: object): about what CPython spends on one.
+SMALL_BYTES = 64
+#: Items of a list or tuple looked at to estimate its size (the rest are taken alike).
+_SAMPLE = 16
+
+
+def size_of(value: Any, depth: int = 0) -> int:
+    """An estimate of the bytes `value` holds: numpy `nbytes`, the `len` of bytes and
+    str, the items of lists and tuples (sampled), a small constant for anything else.
+    Cheap on purpose: it runs once per cached answer."""
+    t = type(value)
+    if t is bytes or t is str or t is bytearray:
+        return len(value) + SMALL_BYTES
+    if t is np.ndarray:
+        return int(value.nbytes) + SMALL_BYTES
+    if (t is tuple or t is list) and depth < 4:
+        n = len(value)
+        if n <= _SAMPLE:
+            return SMALL_BYTES + sum(size_of(v, depth + 1) for v in value)
+        sample = sum(size_of(value[i], depth + 1) for i in range(_SAMPLE))
+        return SMALL_BYTES + sample * n // _SAMPLE
+    return SMALL_BYTES
+
+
+def _entry_bytes(entry: tuple[Any, int]) -> int:
+    return entry[1]
+
 
 class PredictionCache(Generic[T]):
     """LRU of (model, version, input key) -> output, and key -> in-flight token.
 
-    The in-flight table lets identical concurrent queries share one model call
+    Bounded twice: at most `size` answers, and at most `max_bytes` estimated bytes of
+    keys and outputs together (`size_of`), so large inputs such as images cannot fill
+    memory. The in-flight table lets identical concurrent queries share one model call
     (single flight); the token is whatever the caller uses to wait (a queued query).
     `size=0` disables caching and coalescing alike.
     """
 
-    __slots__ = ("_inflight", "_lru", "_size")
+    __slots__ = ("_inflight", "_lru", "_max_bytes", "_size")
 
     MISS: Any = _MISS
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {size!r}")
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise ValueError(f"cache_max_bytes must be an int >= 1, got {max_bytes!r}")
         self._size = size
-        self._lru: _ct.LRUCache[Hashable, Any] | None = _ct.LRUCache(size) if size else None
+        self._max_bytes = max_bytes if max_bytes is not None else 2**62
+        self._lru: _ct.LRUCache[Hashable, tuple[Any, int]] | None = (
+            _ct.LRUCache(self._max_bytes, getsizeof=_entry_bytes) if size else None
+        )
         self._inflight: dict[Hashable, T] = {}
 
     @property
@@ -40,17 +78,37 @@ class PredictionCache(Generic[T]):
     def maxsize(self) -> int:
         return self._size
 
+    @property
+    def max_bytes(self) -> int:
+        """The bound on the estimated bytes of keys and outputs."""
+        return self._max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated bytes of the keys and outputs cached now."""
+        return 0 if self._lru is None else int(self._lru.currsize)
+
     def get(self, key: Hashable) -> Any:
         """The cached output for `key`, or `PredictionCache.MISS`."""
         lru = self._lru
         if lru is None:
             return _MISS
-        return lru.get(key, _MISS)
+        entry: Any = lru.get(key, _MISS)
+        return entry if entry is _MISS else entry[0]
 
     def put(self, key: Hashable, output: Any) -> None:
-        """Remember an output (evicting the least recently used when full)."""
-        if self._lru is not None:
-            self._lru[key] = output
+        """Remember an output, evicting the least recently used while either bound is
+        passed; an answer bigger than the whole byte bound is not kept."""
+        lru = self._lru
+        if lru is None:
+            return
+        nbytes = size_of(key) + size_of(output)
+        if nbytes > self._max_bytes:
+            lru.pop(key, None)
+            return
+        lru[key] = (output, nbytes)
+        while len(lru) > self._size:
+            lru.popitem()
 
     def pending(self, key: Hashable) -> T | None:
         """The token of an identical query still in flight, if any."""

@@ -6,6 +6,12 @@ from __future__ import annotations
 #: costs a few MB for typical inputs (benchmarks/memory.py: 41 -> 51 MB RSS when full).
 CACHE_SIZE = 10_000
 
+#: Bytes of keys and outputs the cache may hold (estimated: numpy nbytes, len of bytes and
+#: str). 256 MiB: an image service's 1 MB inputs keep ~250 answers instead of the 10,000
+#: that CACHE_SIZE alone would let fill ~10 GB, while small numeric inputs (a few hundred
+#: bytes an entry) never reach it and stay bounded by CACHE_SIZE.
+CACHE_MAX_BYTES = 256 * 1024 * 1024
+
 #: Seconds `stop()` lets running batches finish: long enough for any batch that fits an
 #: SLO of a second, short enough that a service restart is not held up.
 SHUTDOWN_GRACE_S = 3.0
@@ -49,6 +55,11 @@ MIN_BUDGET_S = 0.0005
 #: Seconds a replica's stop waits for a thread to end after its last batch when no grace
 #: is asked for (a scale-down or replacement).
 REPLICA_STOP_S = 1.0
+
+#: Seconds between two logged exceptions of one model version (the first is logged at
+#: once; those in between are counted in the next): a model failing on every batch
+#: writes one traceback per 10 s, not thousands.
+ERROR_LOG_INTERVAL_S = 10.0
 
 #: Exp4's default learning-rate schedule (a weight is multiplied by exp(-eta * loss) per
 #: feedback): eta = max(EXP4_MIN_ETA, EXP4_RATE_SCALE * sqrt(ln K / (1 + L))), L being the
