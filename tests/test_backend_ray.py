@@ -420,7 +420,7 @@ async def test_connecting_runs_in_a_thread_of_its_own(monkeypatch: pytest.Monkey
     monkeypatch.setattr(backend_module.ray, "init", fake_init)
     await backend_module._ensure_runtime("ray://head:10001")
     await backend_module._ensure_runtime("ray://elsewhere:10001")  # connected already
-    assert calls == [("ray://head:10001", "clipperlite:ray-init")]
+    assert calls == [("ray://head:10001", "ray-init-for-clipperlite")]
 
 
 @pytest.mark.anyio

@@ -194,7 +194,7 @@ async def _ensure_runtime(address: str | None) -> None:
             _connector = threading.Thread(
                 target=_keep_connecting,
                 args=(_requests,),
-                name="clipperlite:ray-init",
+                name="ray-init-for-clipperlite",
                 daemon=True,
             )
             _connector.start()
