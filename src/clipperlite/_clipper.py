@@ -386,8 +386,7 @@ class Clipper:
             return
         stopping = self._registry.take_out_of_service(name, version)
         for mv in stopping:
-            key = mv.version_key
-            self._cache.drop(lambda k, key=key: k[0] == name and k[1] == key)
+            self._cache.drop(mv.owns_key)
         self._retiring.update(stopping)  # stop() waits for these too
         try:
             await asyncio.gather(
@@ -468,9 +467,17 @@ class Clipper:
             a = registry.app(app)
         xv = a.validate(x, app)
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
-        return await self._processor.answer(  # type: ignore[union-attr]
-            a, xv, next(self._ids), t0, t0 + slo
-        )
+        proc: QueryProcessor = self._processor  # type: ignore[assignment]
+        qid = next(self._ids)
+        deadline = t0 + slo
+        name = proc.sole_model(a)
+        if name is None:
+            return await proc.answer(a, xv, qid, t0, deadline)
+        # One linked model and nothing to choose: this coroutine is the query's only one.
+        got = proc.begin(a, name, xv, qid, t0, deadline)
+        if got.__class__ is Prediction:
+            return got  # type: ignore[return-value]
+        return proc.conclude(a, name, qid, t0, deadline, await got)  # type: ignore[misc]
 
     async def predict_batch(
         self, app: str, xs: Sequence[Any], *, slo_micros: float | None = None
