@@ -143,7 +143,9 @@ class LatencyModel:
         if fit is None:
             return None
         a, b = fit
-        return max(0, math.floor((latency - a) / b)) if b > 0 else None
+        if b <= 0:
+            return None
+        return max(0, math.floor(min((latency - a) / b + 1e-9, 1e9)))
 
     def __repr__(self) -> str:
         fit = self._fit
@@ -304,7 +306,7 @@ class AIMD:
             fitted = model.limit(self._hold * budget, confirmed=True)
             if fitted is not None:  # lower, to what the fit allows, but by half at most
                 new = max(1, n // 2, min(new, fitted))
-            self._max_batch = min(self._ceiling, new)
+            self._max_batch = min(self._ceiling, current, new)  # a back-off never raises it
             self._overruns = 0
             self._backlog = 0
             self.slow_start = False
