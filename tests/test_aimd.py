@@ -287,12 +287,13 @@ def test_latency_model_ignores_a_stall() -> None:
 
 
 def test_latency_model_with_one_size_is_proportional() -> None:
-    """With one batch size seen, the estimate grows in proportion to n (an upper bound
-    for a model with a fixed cost)."""
+    """With one batch size seen, growth assumes latency in proportion to n (an upper
+    bound for a model with a fixed cost); the estimate is not extrapolated past it."""
     model = LatencyModel()
     assert model.estimate(5) == 0.0 and model.limit(1.0) is None
     model.observe(4, 0.004)
-    assert model.estimate(8) == pytest.approx(0.008)
+    assert model.estimate(2) == pytest.approx(0.002)
+    assert model.estimate(8) == pytest.approx(0.004)
     assert model.limit(0.009) == 9
     assert model.confirmed(8) is None  # one sample confirms nothing
 

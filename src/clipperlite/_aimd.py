@@ -123,14 +123,24 @@ class LatencyModel:
                 self._top_c = b
 
     def estimate(self, n: int) -> float:
-        """Expected seconds for a batch of n (0.0 before any batch)."""
+        """Expected seconds for a batch of n (0.0 before any batch); the proportional
+        bound is not extrapolated past the largest size seen (admission and shedding
+        rest on this: they must not refuse on a guess)."""
         fit = self._fit
-        return 0.0 if fit is None else max(0.0, fit[0] + fit[1] * n)
+        if fit is None:
+            return 0.0
+        if fit[0] == 0.0 and n > self.largest:
+            n = max(1, self.largest)
+        return max(0.0, fit[0] + fit[1] * n)
 
     def confirmed(self, n: int) -> float | None:
         """The estimate at n from confirmed buckets only (None without any)."""
         fit = self._fit_confirmed
-        return None if fit is None else max(0.0, fit[0] + fit[1] * n)
+        if fit is None:
+            return None
+        if fit[0] == 0.0 and self._top_c is not None and n > self._top_c.mean_n:
+            n = max(1, int(self._top_c.mean_n))
+        return max(0.0, fit[0] + fit[1] * n)
 
     def bucket_latency(self, n: int) -> float | None:
         """The low median of recent batches of about n, when two or more were seen."""

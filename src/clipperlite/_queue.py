@@ -181,6 +181,31 @@ class EDFQueue:
         q.state = TAKEN
         self._live -= 1
 
+    def _take_up_to(self, k: int) -> list[Query]:
+        """Take up to k live queries in EDF order (a tight loop over the in-order lane
+        when the heap is empty, the common case)."""
+        taken: list[Query] = []
+        if self._heap:
+            front, take = self._front, self._take
+            while len(taken) < k and (q := front()) is not None:
+                take(q)
+                taken.append(q)
+            return taken
+        lane, h = self._lane, self._head
+        end = len(lane)
+        while h < end and len(taken) < k:
+            q = lane[h]
+            h += 1
+            if q.seq == _IN_LANE and q.state == QUEUED:
+                q.state = TAKEN
+                taken.append(q)
+        self._live -= len(taken)
+        if h > _LANE_COMPACT and 2 * h > end:
+            del lane[:h]
+            h = 0
+        self._head = h
+        return taken
+
     def count_ahead(self, deadline: float, stop: int) -> int:
         """About how many queued queries EDF serves before one due at `deadline`, counting
         no further than `stop`: O(1) when it would be appended to the in-order lane (all
@@ -232,20 +257,20 @@ class EDFQueue:
         batch: list[Query] = []
         dropped: list[tuple[Query, DefaultCause | _Dropped]] = []
         doomed: list[Query] = []
-        front, take = self._front, self._take
-        while len(batch) < n:
-            q = front()
-            if q is None:
+        soon = now + lead
+        while len(batch) < n and self._live:
+            taken = self._take_up_to(n - len(batch))
+            if not taken:
                 break
-            take(q)
-            if q.deadline <= now:
-                dropped.append((q, DefaultCause.DEADLINE))
-            elif not q.alive():
-                dropped.append((q, CANCELLED))
-            elif q.deadline <= now + lead:
-                doomed.append(q)
-            else:
-                batch.append(q)
+            for q in taken:
+                if q.deadline <= now:
+                    dropped.append((q, DefaultCause.DEADLINE))
+                elif not q.alive():
+                    dropped.append((q, CANCELLED))
+                elif q.deadline <= soon:
+                    doomed.append(q)
+                else:
+                    batch.append(q)
         if doomed:
             if not batch:
                 batch.append(doomed.pop())
