@@ -58,5 +58,10 @@ def test_design_api_is_exported() -> None:
         "UnknownModelError",
         "AlreadyExistsError",
         "ClipperClosedError",
+        "WorkerDiedError",
+        "DefaultCause",
+        "Backend",
+        "Replica",
+        "BatchResult",
     }
     assert promised <= set(clipperlite.__all__)

@@ -1,67 +1,58 @@
 """Fault injection: broken models and misbehaving callers never break a promise.
 
-The seeded campaign lives in ``benchmarks/faults.py`` (its long run sends >= 100k
-queries); here a short run of the same generator, and one deterministic test per
-fault kind and backend.
+The seeded campaign lives in ``tests/fault_campaign.py`` (its long run sends >= 100k
+queries: ``python tests/fault_campaign.py --queries 100000 --seed 1``); here a short run
+of the same generator, and one deterministic test per fault kind and backend.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import threading
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+import fault_campaign as faults
 from clipperlite import Clipper, Prediction
+from helpers import clipperlite_threads, eventually
 
-
-def _load_campaign() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py"
-    spec = importlib.util.spec_from_file_location("clipperlite_bench_faults", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-faults = _load_campaign()
+#: What the campaign reports that must be 0 in every run: a non-zero figure is a broken promise.
+INVARIANTS = (
+    "lost",
+    "resolved_twice",
+    "leaked_exceptions",
+    "wrong_answers",
+    "fault_inputs_answered",
+    "unexplained_defaults",
+    "metric_mismatches",
+    "not_recovered",
+    "leftovers_after_stop",
+)
 
 
 @pytest.mark.anyio
 async def test_seeded_campaign_keeps_every_promise() -> None:
-    """A short seeded campaign: no query lost or resolved twice, no leak, metrics add up."""
+    """A short seeded campaign: nothing lost, resolved twice or leaked; defaults explained."""
     tally = await faults.run_campaign(queries=8_000, seed=7, per_round=2_000, workers=32)
     summary = tally.summary()
     print(summary)  # the figures, with -s
+    assert {k: summary[k] for k in INVARIANTS} == dict.fromkeys(INVARIANTS, 0), tally.problems()
     assert tally.problems() == {}
-    assert summary["lost"] == 0
-    assert summary["resolved_twice"] == 0
-    assert summary["leaked_exceptions"] == 0
     assert tally.queries >= 8_000
-    # The generator really injected every kind of fault, and they had effects.
+    # The generator really injected every kind of fault and caller misbehaviour...
     for kind in ("raise", "hang", "wrong_length", "not_list", "kill", "slow_replica_batch"):
         assert tally.faults[kind] > 0, kind
     for behaviour in ("cancel", "burst_predicts", "burst_predict_batch", "stop_mid_load"):
         assert tally.caller[behaviour] > 0, behaviour
     assert tally.outcomes["cancelled"] > 0
     assert tally.outcomes["closed"] > 0
-    for cause in (
-        "model_error",
-        "wrong_length",
-        "worker_died",
-        "deadline",
-        "queue_full",
-        "would_miss",
-        "shutdown",
-        "no_model",
-    ):
+    # ... and the faults had their effects. Whether a burst is refused (queue_full,
+    # would_miss) or a query is still in flight at stop() (shutdown) depends on timing,
+    # so those causes are tested deterministically in test_admission.py and
+    # test_shutdown.py rather than required here.
+    for cause in ("model_error", "wrong_length", "worker_died", "deadline", "no_model"):
         assert tally.defaults[cause] > 0, cause
 
 
@@ -165,13 +156,13 @@ async def test_hang_past_deadline_is_replaced_by_watchdog(backend: str) -> None:
         def replaced() -> bool:
             return bool(clipper.metrics()["models"]["h"]["1"]["replaced_replicas"])
 
-        assert await faults.eventually(replaced, timeout=3.0)
+        assert await eventually(replaced, timeout=3.0)
         p = await clipper.predict("h", _x(faults.OK, 2))
         assert (p.default, p.output) == (False, 2)
         assert loop.time() - t0 < 2.4  # before the hung call would have returned
         assert clipper.get_num_replicas("h") == 1
     # Let the abandoned hang finish so no thread outlives the test.
-    await faults.eventually(lambda: not faults.clipperlite_threads(), timeout=3.0)
+    await eventually(lambda: not clipperlite_threads(), timeout=3.0)
 
 
 @pytest.mark.anyio
@@ -246,11 +237,11 @@ async def test_watchdog_abandoned_thread_is_counted_at_once() -> None:
             def replaced() -> bool:
                 return bool(clipper.metrics()["models"]["h"]["1"]["replaced_replicas"])
 
-            assert await faults.eventually(replaced, timeout=3.0)
+            assert await eventually(replaced, timeout=3.0)
             await asyncio.sleep(0.05)
             m = clipper.metrics()
             assert m["models"]["h"]["1"]["abandoned_threads"] == 1
             assert m["abandoned_threads"] == 1
     finally:
         release.set()
-        await faults.eventually(lambda: not faults.clipperlite_threads(), timeout=3.0)
+        await eventually(lambda: not clipperlite_threads(), timeout=3.0)

@@ -250,6 +250,18 @@ def test_the_right_model_gains_weight(make: MakePolicy) -> None:
     assert weights["right"] > weights["wrong"]
 
 
+@contract
+def test_combine_does_not_depend_on_the_order_outputs_arrived_in(make: MakePolicy) -> None:
+    """The same outputs give the same answer whichever model answered first."""
+    policy = make()
+    state = policy.init_state(MODELS)
+    chosen = policy.select(state, None)
+    outputs = {m: f"label-{i}" for i, m in enumerate(chosen)}
+    forward = policy.combine(state, None, outputs)
+    backward = policy.combine(state, None, dict(reversed(list(outputs.items()))))
+    assert forward == backward
+
+
 def test_an_object_missing_policy_methods_is_not_a_selection_policy() -> None:
     """The protocol check fails for an object without the four methods."""
 
@@ -339,6 +351,25 @@ def test_exp3_with_the_same_seed_makes_the_same_choices() -> None:
     assert [first.select(state, None) for _ in range(50)] == [
         second.select(state, None) for _ in range(50)
     ]
+
+
+def test_exp3_probability_is_the_chance_of_the_model_in_that_state() -> None:
+    """probability(state, model) is that model's entry of probabilities(state)."""
+    policy = Exp3(gamma=0.1, rng=0)
+    state = {"models": MODELS, "log_weights": [0.0, -1.0, -2.0]}
+    probs = policy.probabilities(state)
+    assert [policy.probability(state, m) for m in MODELS] == pytest.approx(probs)
+
+
+def test_exp3_observe_weights_by_the_probability_recorded_when_it_served() -> None:
+    """observe(..., probability=p) divides the loss by p, not by the chance in the state."""
+    policy = Exp3(eta=0.1, gamma=0.1, rng=0)
+    state = policy.init_state(MODELS)
+    recorded = policy.observe(state, None, "y", {"b": "wrong"}, probability=0.5)
+    current = policy.observe(state, None, "y", {"b": "wrong"})
+    gap = recorded["log_weights"][0] - recorded["log_weights"][1]
+    assert gap == pytest.approx(0.1 / 0.5)
+    assert current["log_weights"][0] - current["log_weights"][1] == pytest.approx(0.1 / (1 / 3))
 
 
 def test_exp3_selects_exactly_one_model_with_confidence_one() -> None:
@@ -571,3 +602,86 @@ def test_restore_state_rejects_malformed_states(saved: Any, complaint: str) -> N
     """A saved state of the wrong shape, with bad weights or unlinked models, is a ValueError."""
     with pytest.raises(ValueError, match=complaint):
         Exp3().restore_state(saved, ["a", "b"])
+
+
+# -- Exp4: deterministic ties, non-finite outputs -------------------------------------------------
+
+
+def test_exp4_tie_goes_to_the_model_linked_first_not_the_one_that_arrived_first() -> None:
+    """Equal weights, one vote each: the label of the first linked model wins, in any order."""
+    policy = Exp4()
+    state = policy.init_state(["old", "new"])
+    arrived_new_first = {"new": "dog", "old": "cat"}
+    assert policy.combine(state, None, arrived_new_first) == ("cat", pytest.approx(0.5))
+    assert policy.combine(state, None, {"old": "cat", "new": "dog"})[0] == "cat"
+
+
+def test_exp4_tie_on_total_weight_goes_to_the_heaviest_supporter() -> None:
+    """Two labels with equal total weight: the one whose heaviest model weighs most wins."""
+    policy = Exp4()
+    state = exp4_state(a=0.25, b=0.25, c=0.5)  # a + b == c
+    assert policy.combine(state, None, {"a": "cat", "b": "cat", "c": "dog"})[0] == "dog"
+    assert policy.combine(state, None, {"c": "dog", "a": "cat", "b": "cat"})[0] == "dog"
+
+
+def test_exp4_mean_leaves_out_a_nan_like_a_straggler() -> None:
+    """A NaN output is not in the mean; confidence is the finite outputs' weight share."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    answer, confidence = policy.combine(state, None, {"a": 1.0, "b": float("nan"), "c": 3.0})
+    assert answer == pytest.approx(2.0)
+    assert confidence == pytest.approx(2 / 3)
+    assert policy.combine(state, None, {"a": 1.0, "c": 3.0}) == (answer, confidence)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), np.float32("nan")])
+def test_exp4_mean_leaves_out_infinite_and_numpy_nan_outputs(bad: Any) -> None:
+    """inf, -inf and a numpy NaN are missing outputs too."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    answer, confidence = policy.combine(state, None, {"a": 2.0, "b": bad, "c": 4.0})
+    assert (answer, confidence) == (pytest.approx(3.0), pytest.approx(2 / 3))
+
+
+def test_exp4_array_mean_leaves_out_an_array_with_a_nan_entry() -> None:
+    """An array output with any non-finite entry is left out of the element-wise mean."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    outputs = {
+        "a": np.array([1.0, 2.0]),
+        "b": np.array([np.nan, 0.0]),
+        "c": np.array([3.0, 4.0]),
+    }
+    answer, confidence = policy.combine(state, None, outputs)
+    np.testing.assert_allclose(answer, [2.0, 3.0])
+    assert confidence == pytest.approx(2 / 3)
+
+
+def test_exp4_vote_leaves_out_a_nan() -> None:
+    """A NaN does not take part in a vote of labels; it lowers the confidence."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    answer, confidence = policy.combine(state, None, {"a": 7, "b": float("nan"), "c": 7})
+    assert answer == 7
+    assert confidence == pytest.approx(2 / 3)
+
+
+def test_exp4_only_non_finite_outputs_give_confidence_zero() -> None:
+    """When every output is NaN or infinite, the confidence is 0: nothing stands behind it."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    _, confidence = policy.combine(state, None, {"a": float("nan"), "b": float("inf")})
+    assert confidence == 0.0
+
+
+def test_exp4_a_nan_model_loses_weight_and_the_answers_stay_finite() -> None:
+    """After many feedbacks a model answering NaN has the least weight; answers stay finite."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    for _ in range(50):
+        outputs = {"a": 1.0, "b": float("nan"), "c": 1.2}
+        answer, _ = policy.combine(state, None, outputs)
+        assert math.isfinite(answer)
+        state = policy.observe(state, None, 1.0, outputs)
+    w = weights_of(state)
+    assert w["b"] < w["c"] < w["a"]

@@ -410,3 +410,145 @@ async def test_concurrent_feedbacks_lose_no_update() -> None:
     assert weights(state)["mod2"] > weights(state)["zero"] > weights(state)["mod3"]
     assert sum(mod2.batch_sizes) == 50
     assert max(mod2.batch_sizes) > 1  # the feedbacks really were in flight together
+
+
+# -- feedback joined to what was served ----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_exp3_feedback_after_predict_calls_no_model_again() -> None:
+    """Feedback on predicted inputs updates the model that answered, from the cache: no call."""
+    a, b = testing.counting(testing.constant("yes")), testing.counting(testing.constant("no"))
+    async with Clipper(seed=3) as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp3")
+        await deploy(clipper, "app", {"a": a, "b": b})
+        served: dict[float, str] = {}
+        for i in range(40):
+            p = await clipper.predict("app", [float(i)])
+            served[float(i)] = "a" if p.output == "yes" else "b"
+        predicted = a.calls + b.calls
+        before = weights(clipper.get_policy_state("app"))
+        for i in range(40):
+            await clipper.feedback("app", [float(i)], "yes")
+        after = weights(clipper.get_policy_state("app"))
+    assert predicted == 40
+    assert a.calls + b.calls == 40  # not one call for the 40 feedbacks
+    assert set(served.values()) == {"a", "b"}
+    # only "b" was ever wrong, and only the queries it served taught that
+    assert after["a"] - after["b"] > before["a"] - before["b"]
+
+
+@pytest.mark.anyio
+async def test_exp3_feedback_is_weighted_by_the_probability_the_model_had_when_it_served() -> None:
+    """The update divides the loss by the chance recorded at predict time, not the current one."""
+    async with Clipper(seed=1) as clipper:
+        policy = clipperlite.Exp3(eta=0.1, gamma=0.5, rng=0)
+        clipper.register_application("app", "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "app", {"a": testing.constant("no"), "b": testing.constant("no")})
+        clipper.set_policy_state("app", {"models": ["a", "b"], "log_weights": [0.0, 0.0]})
+        p = await clipper.predict("app", [1.0])
+        assert p.output == "no"
+        # the state moves on before the feedback arrives: p(served model) is now different
+        clipper.set_policy_state("app", {"models": ["a", "b"], "log_weights": [0.0, -5.0]})
+        before = weights(clipper.get_policy_state("app"))
+        await clipper.feedback("app", [1.0], "yes")
+        after = weights(clipper.get_policy_state("app"))
+    # p(served model) was 0.5 at predict time (now 0.75 or 0.25): a loss of 1 costs
+    # 0.1 / 0.5 = 0.2 in log weight (0.13 or 0.4 with the current chances).
+    gap_before = before["a"] - before["b"]
+    gap_after = after["a"] - after["b"]
+    assert abs(abs(gap_after - gap_before) - 0.2) < 1e-9
+
+
+@pytest.mark.anyio
+async def test_feedback_on_an_input_never_predicted_selects_and_computes() -> None:
+    """Without a recorded prediction, Exp3 feedback draws a model and calls it once."""
+    a, b = testing.counting(testing.constant("yes")), testing.counting(testing.constant("no"))
+    async with Clipper(seed=5) as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp3")
+        await deploy(clipper, "app", {"a": a, "b": b})
+        for i in range(10):
+            await clipper.feedback("app", [float(i)], "yes")
+    assert a.calls + b.calls == 10
+
+
+@pytest.mark.anyio
+async def test_exp4_feedback_after_predict_calls_no_model_again() -> None:
+    """Exp4 feedback on a predicted input updates every model that answered, no new call."""
+    a, b = testing.counting(testing.constant("cat")), testing.counting(testing.constant("dog"))
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "app", {"a": a, "b": b})
+        await clipper.predict("app", [2.0])
+        await clipper.feedback("app", [2.0], "dog")
+        state = weights(clipper.get_policy_state("app"))
+    assert (a.calls, b.calls) == (1, 1)
+    assert state["b"] > state["a"]
+
+
+# -- deterministic combining ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_cached_model_answering_first_does_not_win_a_tie() -> None:
+    """A tie of equal weights goes to the model linked first, though the other was cached."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy="exp4")
+        clipper.register_application("warm", "doubles", "?", SLO)
+        await deploy(
+            clipper, "app", {"old": testing.constant("cat"), "new": testing.constant("dog")}
+        )
+        clipper.link_model_to_app("warm", "new")
+        await clipper.predict("warm", [9.0])  # "new" now answers [9.0] from the cache, first
+        p = await clipper.predict("app", [9.0])
+    assert (p.output, p.confidence) == ("cat", pytest.approx(0.5))
+
+
+@pytest.mark.anyio
+async def test_the_same_seed_gives_the_same_answers() -> None:
+    """Two Clippers with one seed, fed the same stream, answer alike query by query."""
+
+    async def run(seed: int) -> list[Any]:
+        async with Clipper(seed=seed) as clipper:
+            clipper.register_application("app", "doubles", "?", SLO, policy="exp3")
+            clipper.register_application("ens", "doubles", "?", SLO, policy="exp4")
+            models = {m: testing.constant(m) for m in ("a", "b", "c")}
+            await deploy(clipper, "app", models)
+            for m in models:
+                clipper.link_model_to_app("ens", m)
+            answers = []
+            for i in range(60):
+                x = [float(i % 7)]
+                answers += [(await clipper.predict(app, x)).output for app in ("app", "ens")]
+                await clipper.feedback("app", x, "b" if i % 3 else "a")
+                await clipper.feedback("ens", x, "c" if i % 2 else "a")
+            return answers
+
+    first, second = await run(11), await run(11)
+    assert first == second
+    assert len(set(first[::2])) > 1  # Exp3 did draw different models
+
+
+@pytest.mark.anyio
+async def test_a_model_answering_nan_does_not_poison_the_mean() -> None:
+    """Exp4's mean leaves a NaN output out, like a straggler, and says so in the confidence."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", -1.0, SLO, policy="exp4")
+        await deploy(
+            clipper,
+            "app",
+            {
+                "a": testing.constant(1.0),
+                "nan": testing.constant(float("nan")),
+                "c": testing.constant(3.0),
+            },
+        )
+        answers = []
+        for i in range(20):
+            p = await clipper.predict("app", [float(i)])
+            answers.append(p)
+            await clipper.feedback("app", [float(i)], 2.0)
+    assert all(math.isfinite(p.output) for p in answers)
+    assert answers[0].output == pytest.approx(2.0)
+    assert answers[0].confidence == pytest.approx(2 / 3)
+    assert all(p.confidence < 1.0 for p in answers)

@@ -81,15 +81,14 @@ class BatcherStats:
 class ReplicaSlot:
     """A replica's place in the pull loop: its `run_batch` and whether it should stop."""
 
-    __slots__ = ("batch", "busy_since", "name", "run_batch", "stopping")
+    __slots__ = ("batch", "name", "run_batch", "stopping")
 
     def __init__(self, run_batch: RunBatch, name: str) -> None:
         self.run_batch = run_batch
         self.stopping = False
         self.name = name
-        #: The batch now running on this replica, and since when (clock time).
+        #: The batch now running on this replica (the watchdog reads its deadlines).
         self.batch: list[Query] | None = None
-        self.busy_since = 0.0
 
 
 class Batcher:
@@ -180,7 +179,8 @@ class Batcher:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         self._due_at = when
-        self._due = loop.call_at(when, self._queue_due)
+        # In the batcher's clock (the loop's in service; a test's fake clock otherwise).
+        self._due = loop.call_later(when - self.clock(), self._queue_due)
 
     def _queue_due(self) -> None:
         """The queue's earliest deadline came: answer what expired, re-arm for the next."""
@@ -244,7 +244,6 @@ class Batcher:
                 self._shed(dropped)
             if batch:
                 slot.batch = batch
-                slot.busy_since = self.clock()
                 try:
                     await self._run(slot.run_batch, batch)
                 finally:
@@ -305,7 +304,7 @@ class Batcher:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        due = _BatchDue(batch, loop)  # one timer per batch: its callers answered on time
+        due = _BatchDue(batch, loop, self.clock)  # one timer per batch: callers answered on time
         try:
             await self._run_inner(run_batch, batch)
         except BaseException:
@@ -417,36 +416,37 @@ class Batcher:
 class _BatchDue:
     """The deadline timer of one running batch: at each of its queries' deadlines, the
     callers still waiting get the deadline failure (the query runs on: its late output
-    is still cached). Armed for the batch's first query (EDF: the earliest); sorted only
-    if it ever fires."""
+    is still cached). Armed for the batch's first query (EDF: the earliest due); it
+    only ever fires for a batch running past a deadline."""
 
-    __slots__ = ("_batch", "_handle", "_loop", "_sorted")
+    __slots__ = ("_batch", "_clock", "_handle", "_loop")
 
-    def __init__(self, batch: list[Query], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, batch: list[Query], loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self._batch = batch
         self._loop = loop
-        self._sorted: list[Query] | None = None
-        self._handle: asyncio.TimerHandle | None = loop.call_at(batch[0].priority, self._fire)
+        self._clock = clock
+        self._handle: asyncio.TimerHandle | None = loop.call_later(
+            batch[0].priority - clock(), self._fire
+        )
 
     def _fire(self) -> None:
-        now = self._loop.time()
-        left = self._sorted
-        if left is None:
-            left = sorted((q for q in self._batch if q.state != DONE), key=_deadline, reverse=True)
-        while left and left[-1].deadline <= now:
-            q = left.pop()
-            if q.state != DONE:
+        now = self._clock()
+        following = math.inf
+        for q in self._batch:
+            if q.state == DONE:
+                continue
+            if q.deadline <= now:
                 for w in q.waiters:
                     if not w.done():
                         w.set_result(_LATE)
-        self._sorted = left
-        self._handle = self._loop.call_at(left[-1].deadline, self._fire) if left else None
+            elif q.deadline < following:
+                following = q.deadline
+        self._handle = (
+            self._loop.call_later(following - now, self._fire) if following < math.inf else None
+        )
 
     def cancel(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
-
-def _deadline(q: Query) -> float:
-    return q.deadline

@@ -8,7 +8,7 @@ import copy
 import enum
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -104,6 +104,10 @@ class Clipper:
         r = self._registry
         return f"<Clipper {self._state.value}: {len(r.apps)} apps, {len(r.models)} models>"
 
+    def _repr_html_(self) -> str:
+        """The notebook view: `statistics()` as HTML tables of apps and model versions."""
+        return self.statistics()._repr_html_()
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> Clipper:
         """Start serving on the running event loop.
@@ -186,6 +190,7 @@ class Clipper:
         *,
         policy: str | SelectionPolicy = _defaults.POLICY,
         min_confidence: float | None = None,
+        max_contexts: int = _defaults.MAX_CONTEXTS,
     ) -> None:
         """Register an application.
 
@@ -200,13 +205,17 @@ class Clipper:
                 "exp4" (all, combined by weight) or a `SelectionPolicy` object.
             min_confidence: Below this confidence in [0, 1] an answer is replaced by the
                 default (explained).
+            max_contexts: How many contexts (users, sessions: see `predict`'s `context`)
+                keep a policy state of their own; beyond it the least recently used is
+                dropped (and starts afresh if it comes back). The shared state of
+                `context=None` does not count.
 
         Raises:
             AlreadyExistsError: An app of that name exists.
             ClipperError: An argument is wrong (the message names it).
         """
         self._registry.register_application(
-            name, input_type, default_output, slo_micros, policy, min_confidence
+            name, input_type, default_output, slo_micros, policy, min_confidence, max_contexts
         )
 
     def delete_application(self, name: str) -> None:
@@ -421,8 +430,8 @@ class Clipper:
             **deploy_options: `deploy_model`'s keyword options.
 
         Raises:
-            The errors of `register_application` and `deploy_model`; if the deployment
-            fails, nothing of it stays registered.
+            ClipperError: The errors of `register_application` and `deploy_model`; if
+                the deployment fails, nothing of it stays registered.
         """
         self._require_running("create an endpoint")
         if name in self._registry.models:
@@ -441,13 +450,24 @@ class Clipper:
             raise
 
     # -- queries ----------------------------------------------------------------------------
-    async def predict(self, app: str, x: Any, *, slo_micros: float | None = None) -> Prediction:
+    async def predict(
+        self,
+        app: str,
+        x: Any,
+        *,
+        slo_micros: float | None = None,
+        context: Hashable | None = None,
+    ) -> Prediction:
         """Answer one query within the app's SLO, or give its default output, explained.
 
         Args:
             app: The application's name.
             x: The input, of the app's input type.
             slo_micros: Replaces the app's SLO for this query.
+            context: Who asks (a user, a session, a region: any hashable): its own
+                policy state chooses the models, made on first use, so selection
+                learns per context. None uses the app's shared state. Outputs and
+                the cache are shared by every context.
 
         Returns:
             A `Prediction`; a model's failure or a missed deadline is a default with
@@ -457,6 +477,7 @@ class Clipper:
             ClipperClosedError: The Clipper is not running.
             UnknownApplicationError: No app has that name.
             InvalidInputError: x does not fit the app's input type (no model sees it).
+            ClipperError: The context is not hashable.
         """
         t0 = self._clock()
         if self._state is not _State.RUNNING:
@@ -467,6 +488,11 @@ class Clipper:
             a = registry.app(app)
         xv = a.validate(x, app)
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
+        if context is not None:
+            _check_context(app, context)
+            return await self._processor.answer(  # type: ignore[union-attr]
+                a, xv, next(self._ids), t0, t0 + slo, context
+            )
         proc: QueryProcessor = self._processor  # type: ignore[assignment]
         qid = next(self._ids)
         deadline = t0 + slo
@@ -480,7 +506,12 @@ class Clipper:
         return proc.conclude(a, name, qid, t0, deadline, await got)  # type: ignore[misc]
 
     async def predict_batch(
-        self, app: str, xs: Sequence[Any], *, slo_micros: float | None = None
+        self,
+        app: str,
+        xs: Sequence[Any],
+        *,
+        slo_micros: float | None = None,
+        context: Hashable | None = None,
     ) -> list[Prediction]:
         """Answer several inputs (Clipper's `input_batch`), under one deadline.
 
@@ -488,6 +519,7 @@ class Clipper:
             app: The application's name.
             xs: The inputs; every one is validated before any is queued.
             slo_micros: Replaces the app's SLO for these queries.
+            context: Whose policy state chooses the models (see `predict`).
 
         Returns:
             One Prediction per input, in order, each with its own `query_id`.
@@ -496,11 +528,13 @@ class Clipper:
             ClipperClosedError: The Clipper is not running.
             UnknownApplicationError: No app has that name.
             InvalidInputError: An input does not fit (the message says which one).
-            ClipperError: xs is not a sequence.
+            ClipperError: xs is not a sequence, or the context is not hashable.
         """
         t0 = self._clock()
         self._require_running("predict")
         a = self._registry.app(app)
+        if context is not None:
+            _check_context(app, context)
         if isinstance(xs, str | bytes) or not isinstance(xs, Sequence | np.ndarray):
             raise ClipperError(f"predict_batch takes a sequence of inputs, got {type(xs).__name__}")
         validated: list[Any] = []
@@ -517,52 +551,96 @@ class Clipper:
         answer = self._processor.answer  # type: ignore[union-attr]
         return list(
             await asyncio.gather(
-                *(answer(a, xv, i, t0, deadline) for xv, i in zip(validated, ids, strict=True))
+                *(
+                    answer(a, xv, i, t0, deadline, context)
+                    for xv, i in zip(validated, ids, strict=True)
+                )
             )
         )
 
-    async def feedback(self, app: str, x: Any, y: Any) -> None:
+    async def feedback(self, app: str, x: Any, y: Any, *, context: Hashable | None = None) -> None:
         """Tell the app's policy the right answer y for x (Clipper's `update`), so its
         weights move toward the models that were right.
 
-        The selected models' outputs for x come from the cache where `predict` left
-        them, else are computed within the app's SLO (a model that does not answer in
-        time is left out). Feedbacks to one app are applied one at a time.
+        Feedback is joined to what was served: if x was predicted recently in this
+        context, the models that answered it then are the ones updated (Exp3: the one
+        it drew, importance weighted by the probability it had then), their outputs
+        taken from the cache, so no model is called again. For an x not predicted
+        (or long ago), the policy selects the models now and their outputs come from
+        the cache, else are computed within the app's SLO (a model that does not
+        answer in time is left out). Feedbacks to one app are applied one at a time.
+
+        Args:
+            app: The application's name.
+            x: The input the feedback is about.
+            y: Its right answer (the label).
+            context: Whose policy state learns (see `predict`); None: the shared one.
 
         Raises:
             ClipperClosedError: The Clipper is not running.
             UnknownApplicationError: No app has that name.
             InvalidInputError: x does not fit the app's input type.
-            ClipperError: The policy raised (chained to its error).
+            ClipperError: The policy raised (chained to its error), or the context is
+                not hashable.
         """
         t0 = self._clock()
         self._require_running("send feedback")
         a = self._registry.app(app)
         xv = a.validate(x, app)
-        await self._processor.feedback(a, xv, y, t0)  # type: ignore[union-attr]
+        if context is not None:
+            _check_context(app, context)
+        await self._processor.feedback(a, xv, y, t0, context)  # type: ignore[union-attr]
 
     # -- policy state -------------------------------------------------------------------
-    def get_policy_state(self, app_name: str) -> Any:
-        """The app's learned selection state (a copy), or None while no model is linked.
+    def get_policy_state(self, app_name: str, context: Hashable | None = None) -> Any:
+        """The learned selection state of an app's context (a copy).
 
         Save it to carry learning across restarts, or to share it between processes.
 
+        Args:
+            app_name: The application's name.
+            context: Whose state (see `predict`); None: the app's shared state.
+
+        Returns:
+            The state, or None while no model is linked, or for a context that was
+            never used or was dropped (`max_contexts`). Reading does not count as a
+            use of the context.
+
         Raises:
             UnknownApplicationError: No app has that name.
+            ClipperError: The context is not hashable.
         """
         app = self._registry.app(app_name)
         if not app.links:
             return None
-        return copy.deepcopy(app.policy_state())
+        if context is None:
+            return copy.deepcopy(app.policy_state())
+        _check_context(app_name, context)
+        entry = app.contexts.get(context)
+        if entry is None:
+            return None
+        if entry.links is not app.links:
+            entry.state = app.policy.init_state(list(app.links), entry.state)
+            entry.links = app.links
+        return copy.deepcopy(entry.state)
 
-    def set_policy_state(self, app_name: str, state: Any) -> None:
+    def set_policy_state(self, app_name: str, state: Any, context: Hashable | None = None) -> None:
         """Restore a state from `get_policy_state` (checked: it may name only linked models).
+
+        Args:
+            app_name: The application's name.
+            state: The state, as `get_policy_state` gave it.
+            context: Whose state (see `predict`); None: the app's shared state. A
+                context set here counts as used (toward `max_contexts`).
 
         Raises:
             UnknownApplicationError: No app has that name.
-            ClipperError: The app has no linked model, or the state does not fit.
+            ClipperError: The app has no linked model, the state does not fit, or the
+                context is not hashable.
         """
         app = self._registry.app(app_name)
+        if context is not None:
+            _check_context(app_name, context)
         if not app.links:
             raise ClipperError(f"app {app_name!r} has no linked model: link its models first")
         restore = getattr(app.policy, "restore_state", None)
@@ -576,7 +654,7 @@ class Clipper:
             raise ClipperError(
                 f"cannot restore the policy state of app {app_name!r}: {exc}"
             ) from exc
-        app.state, app.state_links = restored, app.links
+        app.set_context_state(context, restored)
 
     # -- reading state ------------------------------------------------------------------
     def get_all_apps(self, *, verbose: bool = False) -> list[Any]:
@@ -677,6 +755,17 @@ class Clipper:
         latency p50/p99 in µs), per model version (batches, mean and current max batch
         size, queue length, errors, cache hits and misses), the cache."""
         return _metrics(self.statistics())
+
+
+def _check_context(app: str, context: object) -> None:
+    """A context must be hashable (it keys a policy state), else a ClipperError naming it."""
+    try:
+        hash(context)
+    except TypeError:
+        raise ClipperError(
+            f"app {app!r}: a context must be hashable (a str, an int, a tuple...), got"
+            f" {context!r} ({type(context).__name__})"
+        ) from None
 
 
 def _metrics(s: ClipperStatistics) -> dict[str, Any]:

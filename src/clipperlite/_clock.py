@@ -1,4 +1,4 @@
-"""Time: the clock type every timed component takes, and deadline arithmetic."""
+"""Time: the clock type every timed component takes, the real one and a fake for tests."""
 
 from __future__ import annotations
 
@@ -11,21 +11,6 @@ Clock = Callable[[], float]
 monotonic: Clock = time.monotonic
 
 MICROS = 1_000_000
-
-
-def micros_to_seconds(micros: float) -> float:
-    """Convert a duration in microseconds (the API's unit) to seconds (the clock's)."""
-    return micros / MICROS
-
-
-def deadline_after(clock: Clock, slo_micros: float) -> float:
-    """The clock reading by which a query started now must be answered."""
-    return clock() + slo_micros / MICROS
-
-
-def remaining(clock: Clock, deadline: float) -> float:
-    """Seconds left until `deadline`, never negative."""
-    return max(0.0, deadline - clock())
 
 
 class FakeClock:

@@ -49,3 +49,22 @@ MIN_BUDGET_S = 0.0005
 #: Seconds a replica's stop waits for a thread to end after its last batch when no grace
 #: is asked for (a scale-down or replacement).
 REPLICA_STOP_S = 1.0
+
+#: Exp4's learning rate (a weight is multiplied by exp(-eta * loss) per feedback).
+#: Chosen by benchmarks/selection.py ("2b") on tuning data only (digits splits 10-14,
+#: CIFAR-style seeds 0-2; judged on others): the best worst-task margin over the best
+#: single model picks 0.1 (--quick) or 0.5 (full); 0.1 is kept because it beats the best
+#: single model on the judged CIFAR-style seeds and 0.5 does not. Lower rates ensemble
+#: better on CIFAR-style data but lose on digits,
+#: higher ones follow the best model but pay for it while learning; see
+#: docs/concepts/selection.md, "Choosing Exp4's eta".
+EXP4_ETA = 0.1
+
+#: Predictions remembered per app for the feedback join (which model answered an
+#: input, and with what probability, keyed by context and a hash of the input key):
+#: feedback usually follows its prediction closely, and a record is a few small objects.
+SERVED_RECORDS = 4096
+
+#: Seconds after which a replica still starting is logged as slow (at INFO), with what it
+#: waits for: long enough that ordinary thread starts stay quiet.
+SLOW_START_LOG_S = 1.0

@@ -149,6 +149,11 @@ class ModelVersion:
         # (a backend's start_replica leaves nothing behind when cancelled).
         start = loop.create_task(self.backend.start_replica(self.func, name=name), name=name)
         self._starting.add(start)
+        began = loop.time()
+        # A slow start (a worker process or actor loading a big model) says what it waits for.
+        slow = loop.call_later(
+            _defaults.SLOW_START_LOG_S, self._log_slow_start, len(self._replicas) + 1
+        )
         try:
             replica = await start
         except asyncio.CancelledError:
@@ -161,6 +166,16 @@ class ModelVersion:
             raise
         finally:
             self._starting.discard(start)
+            slow.cancel()
+        if loop.time() - began >= _defaults.SLOW_START_LOG_S:
+            logger.info(
+                "deploying model %r version %r: replica %d of %d ready after %.1f s",
+                self.name,
+                self.version,
+                len(self._replicas) + 1,
+                max(self._wanted, len(self._replicas) + 1),
+                loop.time() - began,
+            )
         if self.stopped:  # stop() has come and gone while this one started
             await self._discard(replica)
             return
@@ -169,6 +184,16 @@ class ModelVersion:
         task = loop.create_task(self.batcher.serve(slot), name=name)
         task.add_done_callback(self._on_replica_exit)
         self._replicas.append(ServingReplica(replica, slot, task))
+
+    def _log_slow_start(self, index: int) -> None:
+        logger.info(
+            "deploying model %r version %r: starting replica %d of %d (%s backend) ...",
+            self.name,
+            self.version,
+            index,
+            max(self._wanted, index),
+            self.backend_name,
+        )
 
     async def _discard(self, replica: Replica, grace: float = _defaults.REPLICA_STOP_S) -> None:
         if not await replica.stop(grace):
@@ -368,6 +393,7 @@ class ModelVersion:
             mean_batch_size=(s.items / s.batches) if s.batches else 0.0,
             max_batch_size=self.sizer.max_batch,
             batch_latency_micros=self.sizer.estimate(self.sizer.max_batch) * 1e6,
+            batch_budget_micros=(self.sizer.budget * 1e6 if isinstance(self.sizer, AIMD) else None),
             queue_length=len(self.batcher.queue),
             errors=s.errors,
             retried_batches=s.retries,

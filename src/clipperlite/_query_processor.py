@@ -13,7 +13,7 @@ from ._clock import MICROS
 from ._errors import ClipperError
 from ._model import ModelVersion
 from ._queue import DONE, QUEUED, Query
-from ._registry import App, Model
+from ._registry import App, Model, Served
 from ._selection import Exp3
 from ._timers import DeadlineTimer
 from ._types import DefaultCause, Failure, Prediction, make_prediction
@@ -23,6 +23,8 @@ _LATE = Failure(DefaultCause.DEADLINE, "did not answer within the deadline")
 _NOT_DEPLOYED = Failure(DefaultCause.NO_REPLICA, "is not deployed")
 #: Explanations remembered (one per app, model version, failure and SLO), then cleared.
 _EXPLAINED_MAX = 4096
+#: `outputs()` computes the input's key itself.
+_NO_KEY: Any = object()
 
 #: Why a chosen model gave no output: (model name, its current version if any, failure).
 Miss = tuple[str, ModelVersion | None, Failure]
@@ -135,43 +137,52 @@ class QueryProcessor:
     def _join(self, q: Query, mv: ModelVersion, deadline: float) -> asyncio.Future[Any]:
         """Wait for an identical query in flight (single flight), answered by `deadline`.
 
-        The batcher's timers answer a query's callers at its (latest) deadline; a caller
-        due earlier than that has a timer entry of its own."""
+        The batcher's timers answer a query's callers at its latest deadline; a joiner
+        (rare) has a timer entry of its own, and so has the first caller once a joiner
+        due later extends the query past the first caller's deadline."""
         fut = self._loop.create_future()
         q.waiters.append(fut)
+        timer = self._timer
+        timer.add(deadline, fut, _LATE)
         if deadline > q.deadline:
-            timer = self._timer
-            if q.deadline == q.due and q.waiters[0] is not fut:
-                timer.add(q.due, q.waiters[0], _LATE)  # its first caller is now the earlier
-            if q.state == QUEUED:
-                mv.batcher.queue.reschedule(q, deadline)
-            else:
-                q.deadline = deadline  # running: its batch's timer waits for this caller
-        else:
-            mv.batcher.queue.reschedule(q, deadline)
-            self._timer.add(deadline, fut, _LATE)
+            if q.deadline == q.due:
+                timer.add(q.due, q.waiters[0], _LATE)
+            if q.state != QUEUED:
+                q.deadline = deadline  # running: lives on for this caller
+        mv.batcher.queue.reschedule(q, deadline)
         return fut
 
     @staticmethod
-    def select(a: App, xv: Any) -> list[str]:
-        """The linked models the app's policy picks for xv (raises if it misbehaves)."""
-        chosen = a.policy.select(a.policy_state(), xv)
+    def select(a: App, xv: Any, state: Any) -> list[str]:
+        """The linked models the app's policy picks for xv in `state` (raises if it
+        misbehaves)."""
+        chosen = a.policy.select(state, xv)
         if (len(chosen) != 1 or chosen[0] not in a.links) and (
             not chosen or any(m not in a.links for m in chosen)
         ):
             raise ClipperError(f"selected {chosen!r}, but the linked models are {list(a.links)!r}")
         return chosen
 
-    async def answer(self, a: App, xv: Any, qid: int, t0: float, deadline: float) -> Prediction:
-        """One query of app `a` on validated input xv, answered by `deadline`."""
+    async def answer(
+        self, a: App, xv: Any, qid: int, t0: float, deadline: float, context: Hashable = None
+    ) -> Prediction:
+        """One query of app `a` on validated input xv, answered by `deadline`, with the
+        policy state of `context` (None: the app's shared state)."""
         if not a.links:
             return self._default(
                 a, qid, t0, DefaultCause.NO_MODEL, f"app {a.name!r} has no linked model"
             )
         policy = a.policy
+        key = _NO_KEY
+        probability = None
         try:
-            chosen = self.select(a, xv)
-            state = a.state
+            state = a.policy_state() if context is None else a.context_state(context)
+            chosen = self.select(a, xv, state)
+            if len(a.links) > 1:  # a choice to remember for the feedback join
+                key = a.key(xv)
+                chance = getattr(policy, "probability", None)
+                if chance is not None and len(chosen) == 1:
+                    probability = float(chance(state, chosen[0]))
         except Exception as exc:
             return self._default(
                 a,
@@ -180,7 +191,9 @@ class QueryProcessor:
                 DefaultCause.POLICY_ERROR,
                 f"app {a.name!r}: policy {a.policy_name} raised {type(exc).__name__}: {exc}",
             )
-        outputs, misses = await self.outputs(a, chosen, xv, t0, deadline)
+        outputs, misses = await self.outputs(a, chosen, xv, t0, deadline, key)
+        if key is not _NO_KEY and key is not None and outputs:
+            a.remember((context, hash(key)), Served(tuple(outputs), probability))
         if not outputs:
             name, mv, failure = misses[0]
             cause = failure.cause
@@ -218,11 +231,20 @@ class QueryProcessor:
         return make_prediction(qid, answer, False, None, len(outputs), confidence, latency, None)
 
     async def outputs(
-        self, a: App, chosen: list[str], xv: Any, now: float, deadline: float
+        self,
+        a: App,
+        chosen: list[str],
+        xv: Any,
+        now: float,
+        deadline: float,
+        key: Hashable = _NO_KEY,
     ) -> tuple[dict[str, Any], list[Miss]]:
         """Outputs of the chosen models that arrive by the deadline, and why the rest did not
-        (`now`: when the query arrived)."""
-        key = a.key(xv) if self._cache.enabled else None
+        (`now`: when the query arrived; `key`: xv's key if the caller has it)."""
+        if not self._cache.enabled:
+            key = None
+        elif key is _NO_KEY:
+            key = a.key(xv)
         if len(chosen) == 1:  # the common case (Exp3), kept lean
             name = chosen[0]
             got, mv = self._start(name, xv, key, now, deadline)
@@ -288,29 +310,52 @@ class QueryProcessor:
         if not isinstance(outcome, Failure):
             cache.put(q.key, outcome)
 
-    async def feedback(self, a: App, xv: Any, y: Any, t0: float) -> None:
-        """Apply feedback y for xv: the selected models' outputs (cached, else computed
-        within the app's SLO), then the policy's update; raises ClipperError if the
-        policy fails."""
+    async def feedback(self, a: App, xv: Any, y: Any, t0: float, context: Hashable = None) -> None:
+        """Apply feedback y for xv to the policy state of `context`: the models that
+        answered its prediction (recorded then, with their probability), else those the
+        policy selects now; their outputs (cached, else computed within the app's SLO);
+        then the policy's update. Raises ClipperError if the policy fails."""
         if not a.links:
             return
-        try:
-            chosen = self.select(a, xv)
-        except Exception as exc:
-            raise ClipperError(
-                f"app {a.name!r}: policy {a.policy_name} select raised {type(exc).__name__}: {exc}"
-            ) from exc
-        outputs, _ = await self.outputs(a, chosen, xv, t0, t0 + a.slo)
+        served: Served | None = None
+        key = _NO_KEY
+        chosen: list[str] = []
+        if len(a.links) > 1:
+            key = a.key(xv)
+            if key is not None:
+                served = a.served.pop((context, hash(key)), None)
+            if served is not None:
+                chosen = [m for m in served.answered if m in a.links]
+        if not chosen:
+            served = None
+            try:
+                state = a.policy_state() if context is None else a.context_state(context)
+                chosen = self.select(a, xv, state)
+            except Exception as exc:
+                raise ClipperError(
+                    f"app {a.name!r}: policy {a.policy_name} select raised"
+                    f" {type(exc).__name__}: {exc}"
+                ) from exc
+        outputs, _ = await self.outputs(a, chosen, xv, t0, t0 + a.slo, key)
         # The links may have changed while the outputs were computed.
         outputs = {m: out for m, out in outputs.items() if m in a.links}
         if not outputs:
             return
+        policy = a.policy
         try:
-            a.state = a.policy.observe(a.policy_state(), xv, y, outputs)
+            # Read after the wait: another feedback may have moved the state meanwhile.
+            state = a.policy_state() if context is None else a.context_state(context)
+            if served is not None and served.probability is not None:
+                new = policy.observe(  # type: ignore[call-arg]
+                    state, xv, y, outputs, probability=served.probability
+                )
+            else:
+                new = policy.observe(state, xv, y, outputs)
         except Exception as exc:
             raise ClipperError(
                 f"app {a.name!r}: policy {a.policy_name} observe raised {type(exc).__name__}: {exc}"
             ) from exc
+        a.set_context_state(context, new)
 
     async def _wait_all(self, futs: list[asyncio.Future[Any]], deadline: float) -> None:
         """Wait until every future is done or the deadline passes; stragglers then get

@@ -8,7 +8,8 @@ testable without one. The facade starts and stops the replicas.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +37,36 @@ class AppStats:
         self.latency = LatencyHistogram()
 
 
+class ContextState:
+    """One context's policy state and the links it was made for (checked by identity)."""
+
+    __slots__ = ("links", "state")
+
+    def __init__(self, state: Any, links: tuple[str, ...]) -> None:
+        self.state = state
+        self.links = links
+
+
+class Served:
+    """What answered one prediction: the models whose outputs were combined and, for a
+    policy with `probability(state, model)`, the chance the one model had."""
+
+    __slots__ = ("answered", "probability")
+
+    def __init__(self, answered: tuple[str, ...], probability: float | None) -> None:
+        self.answered = answered
+        self.probability = probability
+
+
 @dataclass(eq=False)
 class App:
-    """A registered application. `links` is replaced, never changed in place, so the
-    policy state can tell by identity whether it is still for the current links."""
+    """A registered application. `links` is replaced, never changed in place, so a
+    policy state can tell by identity whether it is still for the current links.
+
+    `state` is the shared state (`context=None`); `contexts` holds one state per other
+    context, least recently used first, at most `max_contexts`; `served` remembers
+    what answered recent predictions, for the feedback join.
+    """
 
     name: str
     input_type: str
@@ -55,6 +82,9 @@ class App:
     state: Any = None
     state_links: tuple[str, ...] | None = None
     stats: AppStats = field(default_factory=AppStats)
+    max_contexts: int = _defaults.MAX_CONTEXTS
+    contexts: OrderedDict[Hashable, ContextState] = field(default_factory=OrderedDict)
+    served: OrderedDict[tuple[Hashable, int], Served] = field(default_factory=OrderedDict)
 
     @property
     def slo(self) -> float:
@@ -67,6 +97,44 @@ class App:
             self.state = self.policy.init_state(list(self.links), self.state)
             self.state_links = self.links
         return self.state
+
+    def context_state(self, context: Hashable, *, create: bool = True) -> Any:
+        """The policy state of `context` for the current links: made by `init_state` on
+        first use (unless `create` is False: then None), re-made from the old one when
+        the links changed; using it makes it the most recently used."""
+        contexts = self.contexts
+        entry = contexts.get(context)
+        if entry is None:
+            if not create:
+                return None
+            entry = ContextState(self.policy.init_state(list(self.links)), self.links)
+            contexts[context] = entry
+            if len(contexts) > self.max_contexts:
+                contexts.popitem(last=False)
+        else:
+            if entry.links is not self.links:
+                entry.state = self.policy.init_state(list(self.links), entry.state)
+                entry.links = self.links
+            contexts.move_to_end(context)
+        return entry.state
+
+    def set_context_state(self, context: Hashable, state: Any) -> None:
+        """Give `context` this state (for the current links), as its most recent use."""
+        if context is None:
+            self.state, self.state_links = state, self.links
+            return
+        self.contexts[context] = ContextState(state, self.links)
+        self.contexts.move_to_end(context)
+        if len(self.contexts) > self.max_contexts:
+            self.contexts.popitem(last=False)
+
+    def remember(self, record: tuple[Hashable, int], served: Served) -> None:
+        """Record what answered the prediction `record` (context, hash of the input key)."""
+        table = self.served
+        table[record] = served
+        table.move_to_end(record)
+        if len(table) > _defaults.SERVED_RECORDS:
+            table.popitem(last=False)
 
     def statistics(self) -> AppStatistics:
         """A frozen snapshot of the app's figures."""
@@ -233,6 +301,7 @@ class Registry:
         slo_micros: object,
         policy: object,
         min_confidence: object,
+        max_contexts: object = _defaults.MAX_CONTEXTS,
     ) -> App:
         """Add an app from register_application's arguments, naming the first that is wrong."""
         if isinstance(name, str) and name in self.apps:
@@ -249,6 +318,7 @@ class Registry:
             conf = positive("min_confidence", min_confidence, allow_zero=True)
             if conf > 1:
                 raise ClipperError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+        kept = count("max_contexts", max_contexts, minimum=1)
         pol, pol_name = make_policy(policy, self._rng)
         app = App(
             name=name,
@@ -261,6 +331,7 @@ class Registry:
             min_confidence=min_confidence,  # type: ignore[arg-type]
             validate=make_validator(itype),
             key=make_key_func(itype),
+            max_contexts=kept,
         )
         self.apps[name] = app
         return app
@@ -469,6 +540,7 @@ class Registry:
             "slo_micros": app.slo_given,
             "policy": app.policy_name,
             "min_confidence": app.min_confidence,
+            "max_contexts": app.max_contexts,
             "linked_models": list(app.links),
         }
 

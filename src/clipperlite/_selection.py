@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from . import _defaults
+
 #: loss(output, label) -> float in [0, 1].
 Loss = Callable[[Any, Any], float]
 
@@ -187,6 +189,11 @@ class Exp3:
         g = self.gamma
         return [(1.0 - g) * p + g / k for p in _probabilities(state["log_weights"])]
 
+    def probability(self, state: dict[str, Any], model: str) -> float:
+        """The chance `model` had of being picked in `state`: what clipperlite records
+        when it serves a query, so feedback on that query is weighted by it."""
+        return float(self.probabilities(state)[state["models"].index(model)])
+
     def select(self, state: dict[str, Any], x: Any) -> list[str]:
         models = state["models"]
         if len(models) == 1:
@@ -203,8 +210,19 @@ class Exp3:
         return next(iter(outputs.values())), 1.0
 
     def observe(
-        self, state: dict[str, Any], x: Any, y: Any, outputs: dict[str, Any]
+        self,
+        state: dict[str, Any],
+        x: Any,
+        y: Any,
+        outputs: dict[str, Any],
+        *,
+        probability: float | None = None,
     ) -> dict[str, Any]:
+        """The state after feedback y: each model in `outputs` pays eta * loss / p.
+
+        `probability` is the chance the model had when it served the query (recorded
+        by clipperlite at predict time); without it, the chance in `state` is used.
+        """
         models = state["models"]
         probs = self.probabilities(state)
         log_weights = list(state["log_weights"])
@@ -213,24 +231,31 @@ class Exp3:
                 continue
             i = models.index(name)
             loss = _check_loss(self.loss(output, y))
-            log_weights[i] -= self.eta * loss / probs[i]
+            p = probs[i] if probability is None or len(outputs) != 1 else probability
+            log_weights[i] -= self.eta * loss / p
         return {"models": list(models), "log_weights": _normalised(log_weights, self.max_log_gap)}
 
 
 class Exp4:
     """Queries every linked model and combines by weight: a mean for numbers, a vote for labels.
 
-    Confidence is the share of the selected models' weight that agrees with the
-    answer (vote) or that answered in time (mean), so stragglers lower it. On
+    Combining is deterministic: outputs are taken in link order, whatever order they
+    arrived in (a cached answer arrives first and must not win for it). A vote tied
+    on weight goes to the label whose heaviest supporter weighs most, then to the
+    label of the model linked first. A non-finite output (a NaN or infinite float, an
+    array with such an entry) counts as missing, like a straggler, for the mean and
+    the vote alike. Confidence is the share of the selected models' weight that
+    agrees with the answer (vote) or that answered in time with a finite output
+    (mean), so stragglers and NaNs lower it; 0 when no output was usable. On
     feedback every model that answered has its weight multiplied by exp(-eta * loss).
-    A `combiner(outputs, weights)` replaces the vote/mean; it gets the weights of the
-    models that answered, renormalised to sum to 1.
+    A `combiner(outputs, weights)` replaces the vote/mean; it gets the weights of
+    the models that answered, renormalised to sum to 1.
     """
 
     def __init__(
         self,
         *,
-        eta: float = 0.1,
+        eta: float = _defaults.EXP4_ETA,
         loss: Loss | None = None,
         combiner: Callable[[dict[str, Any], dict[str, float]], tuple[Any, float]] | None = None,
         max_log_gap: float = MAX_LOG_GAP,
@@ -263,32 +288,55 @@ class Exp4:
 
     def combine(self, state: dict[str, Any], x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
         weights = self.weights(state)
+        # Link order, not arrival order; models the state does not know come last.
+        ordered = [m for m in state["models"] if m in outputs]
+        ordered += [m for m in outputs if m not in weights]
         if self.combiner is not None:
-            share = {m: weights.get(m, 0.0) for m in outputs}
+            share = {m: weights.get(m, 0.0) for m in ordered}
             norm = sum(share.values()) or 1.0
-            return self.combiner(outputs, {m: w / norm for m, w in share.items()})
+            return self.combiner(
+                {m: outputs[m] for m in ordered}, {m: w / norm for m, w in share.items()}
+            )
+        usable = [m for m in ordered if _is_finite(outputs[m])]
+        if not usable:  # every output was NaN or infinite: nothing to stand behind
+            return outputs[ordered[0]], 0.0
         total = sum(weights.values())
-        arrived = {m: weights.get(m, 0.0) for m in outputs}
+        arrived = {m: weights.get(m, 0.0) for m in usable}
         got = sum(arrived.values())
-        values = list(outputs.values())
         if got <= 0:
-            arrived = {m: 1.0 for m in outputs}
-            got = float(len(outputs))
+            arrived = {m: 1.0 for m in usable}
+            got = float(len(usable))
+        values = [outputs[m] for m in usable]
         if all(_is_float(v) for v in values):
-            mean = sum(arrived[m] * float(v) for m, v in outputs.items()) / got
+            mean = sum(arrived[m] * float(outputs[m]) for m in usable) / got
             return mean, min(1.0, got / total) if total > 0 else 1.0
         if all(_is_numeric_array(v) for v in values) and len({v.shape for v in values}) == 1:
             stacked = np.stack([np.asarray(v, dtype=float) for v in values])
-            w = np.array([arrived[m] for m in outputs]) / got
+            w = np.array([arrived[m] for m in usable]) / got
             return np.tensordot(w, stacked, axes=1), min(1.0, got / total) if total > 0 else 1.0
-        tally: dict[Hashable, float] = {}
+        # label -> [total weight, heaviest supporter's weight, link index of the first]
+        tally: dict[Hashable, list[float]] = {}
         first: dict[Hashable, Any] = {}
-        for m, v in outputs.items():
-            key = _vote_key(v)
-            tally[key] = tally.get(key, 0.0) + arrived[m]
-            first.setdefault(key, v)
-        best = max(tally, key=tally.__getitem__)
-        return first[best], min(1.0, tally[best] / total) if total > 0 else 1.0
+        for i, m in enumerate(usable):
+            key = _vote_key(outputs[m])
+            weight = arrived[m]
+            entry = tally.get(key)
+            if entry is None:
+                tally[key] = [weight, weight, -i]
+                first[key] = outputs[m]
+            else:
+                entry[0] += weight
+                entry[1] = max(entry[1], weight)
+        scale = got or 1.0
+        best = max(
+            tally,
+            key=lambda k: (
+                round(tally[k][0] / scale, _TIE_DIGITS),
+                round(tally[k][1] / scale, _TIE_DIGITS),
+                tally[k][2],
+            ),
+        )
+        return first[best], min(1.0, tally[best][0] / total) if total > 0 else 1.0
 
     def observe(
         self, state: dict[str, Any], x: Any, y: Any, outputs: dict[str, Any]
@@ -300,6 +348,20 @@ class Exp4:
                 i = models.index(name)
                 log_weights[i] -= self.eta * _check_loss(self.loss(output, y))
         return {"models": list(models), "log_weights": _normalised(log_weights, self.max_log_gap)}
+
+
+#: Vote totals equal to this many decimal places (of the share of weight) are a tie,
+#: so float rounding in a sum cannot decide one.
+_TIE_DIGITS = 9
+
+
+def _is_finite(v: Any) -> bool:
+    """False for a NaN or infinite float, or a numeric array with such an entry."""
+    if _is_float(v):
+        return math.isfinite(v)
+    if isinstance(v, np.ndarray) and v.dtype.kind in "fc":
+        return bool(np.isfinite(v).all())
+    return True
 
 
 def _vote_key(v: Any) -> Hashable:

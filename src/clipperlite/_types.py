@@ -4,6 +4,7 @@ default came back, the statistics records, and the `Backend` / `Replica` seam.""
 from __future__ import annotations
 
 import enum
+import html
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -25,6 +26,14 @@ class Prediction:
     latency_micros: float = field(default=0.0, repr=False, compare=False)
     #: Why the default came back, as counted in `metrics()` (None when `default` is False).
     default_cause: DefaultCause | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """The four essential fields; for a default also its cause and latency."""
+        return _prediction_repr(self)
+
+    def _repr_html_(self) -> str:
+        """A small table for notebooks: output, default and why, latency, confidence."""
+        return _prediction_html(self)
 
 
 def _fast_constructor() -> Callable[..., Prediction]:
@@ -222,6 +231,10 @@ class AppStatistics:
         """Defaults of every cause."""
         return sum(self.defaults.values())
 
+    def _repr_html_(self) -> str:
+        """This app's row of the notebook view, as an HTML table."""
+        return _apps_html((self,), caption="Application")
+
 
 @dataclass(frozen=True, slots=True)
 class ModelStatistics:
@@ -250,6 +263,9 @@ class ModelStatistics:
     #: Expected latency of a full batch in microseconds (the fit of the model's latency
     #: against batch size, at the current limit), as admission control estimates it.
     batch_latency_micros: float
+    #: The batch-latency budget B that AIMD sizes batches against, in microseconds
+    #: (None for a fixed `batch_size`): half the tightest SLO of the apps it serves.
+    batch_budget_micros: float | None
     #: Queries waiting in the queue now.
     queue_length: int
     #: Batches that failed (the model raised, returned the wrong length, its worker died).
@@ -276,6 +292,10 @@ class ModelStatistics:
     batch_latency: HistogramStatistics
     #: Batch size (items).
     batch_size: HistogramStatistics
+
+    def _repr_html_(self) -> str:
+        """This version's row of the notebook view, as an HTML table."""
+        return _models_html((self,), caption="Model version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +325,10 @@ class ClipperStatistics:
     #: Replica threads abandoned in all (stopped versions included).
     abandoned_threads: int
 
+    def _repr_html_(self) -> str:
+        """The notebook view: apps and model versions as HTML tables (`Clipper._repr_html_`)."""
+        return _statistics_html(self)
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
@@ -322,3 +346,190 @@ class BatchRecord:
     queue_length: int
     #: Whether it failed (the model raised, returned the wrong length, its worker died).
     failed: bool
+
+
+# -- rendering: plain and HTML reprs (notebooks) ---------------------------------------------
+# Standard library only. Every string a user chose (app and model names, outputs,
+# explanations, backend names) goes through `html.escape` before it reaches the markup.
+
+_STYLE = (
+    "<style>"
+    ".clipperlite table{border-collapse:collapse;margin:0.3em 0 0.8em 0;font-size:90%}"
+    ".clipperlite th,.clipperlite td{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+    ".clipperlite th{background:#f3f3f3}"
+    ".clipperlite caption{text-align:left}"
+    ".clipperlite td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".clipperlite .bad{color:#b00020;font-weight:bold}"
+    ".clipperlite .ok{color:#1b5e20}"
+    ".clipperlite .dim{color:#777}"
+    "</style>"
+)
+_LONG = 200  # characters of an output's repr shown before it is cut
+
+
+def _cell(value: object, *, num: bool = False, cls: str = "") -> str:
+    """One escaped table cell."""
+    classes = " ".join(c for c in ("num" if num else "", cls) if c)
+    attr = f' class="{classes}"' if classes else ""
+    return f"<td{attr}>{html.escape(str(value))}</td>"
+
+
+def _row(cells: list[str]) -> str:
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _table(headers: list[str], rows: list[str], *, caption: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    cap = f"<caption><b>{html.escape(caption)}</b></caption>" if caption else ""
+    body = "".join(rows) if rows else _row([f'<td colspan="{len(headers)}" class="dim">none</td>'])
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _micros(value: float | None) -> str:
+    """A duration in microseconds, in the unit that reads best ('850 µs', '1.21 ms', '2.5 s')."""
+    if value is None:
+        return "–"
+    if value < 1_000:
+        return f"{value:.0f} µs"
+    if value < 1_000_000:
+        return f"{value / 1_000:.3g} ms"
+    return f"{value / 1_000_000:.3g} s"
+
+
+def _short(value: Any) -> str:
+    """`repr(value)`, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= _LONG else text[: _LONG - 1] + "…"
+
+
+def _cause_name(cause: Any) -> str:
+    """A cause's plain value ('deadline'), whether given as the enum or as its string."""
+    return str(getattr(cause, "value", cause))
+
+
+def _prediction_repr(p: Prediction) -> str:
+    text = (
+        f"Prediction(query_id={p.query_id!r}, output={p.output!r}, default={p.default!r}, "
+        f"default_explanation={p.default_explanation!r}"
+    )
+    if p.default:
+        cause = None if p.default_cause is None else _cause_name(p.default_cause)
+        text += f", default_cause={cause!r}, latency_micros={p.latency_micros:.0f}"
+    return text + ")"
+
+
+def _prediction_html(p: Prediction) -> str:
+    if p.default:
+        cause = "–" if p.default_cause is None else _cause_name(p.default_cause)
+        status = (
+            f'<span class="bad">default</span> ({html.escape(cause)}): '
+            f"{html.escape(p.default_explanation or '')}"
+        )
+    else:
+        status = '<span class="ok">answered by a model</span>'
+    rows = [
+        _row(["<th>query</th>", _cell(p.query_id, num=True)]),
+        _row(["<th>output</th>", f"<td><code>{html.escape(_short(p.output))}</code></td>"]),
+        _row(["<th>status</th>", f"<td>{status}</td>"]),
+        _row(["<th>latency</th>", _cell(_micros(p.latency_micros), num=True)]),
+        _row(["<th>confidence</th>", _cell(f"{p.confidence:.2f}", num=True)]),
+        _row(["<th>models answered</th>", _cell(p.models_answered, num=True)]),
+    ]
+    return (
+        f'<div class="clipperlite">{_STYLE}<table><caption>'
+        f"<b>Prediction</b></caption><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+_APP_HEADERS = [
+    "app",
+    "SLO",
+    "policy",
+    "linked models",
+    "queries",
+    "answered",
+    "p50",
+    "p99",
+    "defaults by cause",
+]
+_MODEL_HEADERS = [
+    "model",
+    "version",
+    "current",
+    "state",
+    "replicas",
+    "backend",
+    "batches",
+    "mean batch",
+    "max batch",
+    "batch latency",
+    "queue",
+    "errors",
+    "cache hits",
+    "cache misses",
+]
+
+
+def _app_row(a: AppStatistics) -> str:
+    p99_bad = a.latency_p99_micros is not None and a.latency_p99_micros > a.slo_micros
+    defaults = ", ".join(
+        f"{_cause_name(cause)}: {n}"
+        for cause, n in sorted(a.defaults.items(), key=lambda kv: -kv[1])
+    )
+    return _row(
+        [
+            _cell(a.name),
+            _cell(_micros(a.slo_micros), num=True),
+            _cell(a.policy),
+            _cell(", ".join(a.linked_models) or "none", cls="" if a.linked_models else "dim"),
+            _cell(a.queries, num=True),
+            _cell(a.answered, num=True),
+            _cell(_micros(a.latency_p50_micros), num=True),
+            _cell(_micros(a.latency_p99_micros), num=True, cls="bad" if p99_bad else ""),
+            _cell(defaults or "none", cls="bad" if defaults else "dim"),
+        ]
+    )
+
+
+def _model_row(m: ModelStatistics) -> str:
+    return _row(
+        [
+            _cell(m.name),
+            _cell(m.version),
+            _cell("✓" if m.is_current else ""),
+            _cell("stopped" if m.stopped else "running", cls="dim" if m.stopped else ""),
+            _cell(m.num_replicas, num=True),
+            _cell(m.backend),
+            _cell(m.batches, num=True),
+            _cell(f"{m.mean_batch_size:.1f}", num=True),
+            _cell(m.max_batch_size, num=True),
+            _cell(_micros(m.batch_latency_micros if m.batches else None), num=True),
+            _cell(m.queue_length, num=True),
+            _cell(m.errors, num=True, cls="bad" if m.errors else ""),
+            _cell(m.cache_hits, num=True),
+            _cell(m.cache_misses, num=True),
+        ]
+    )
+
+
+def _apps_html(apps: tuple[AppStatistics, ...], caption: str = "Applications") -> str:
+    return _table(_APP_HEADERS, [_app_row(a) for a in apps], caption=caption)
+
+
+def _models_html(models: tuple[ModelStatistics, ...], caption: str = "Model versions") -> str:
+    return _table(_MODEL_HEADERS, [_model_row(m) for m in models], caption=caption)
+
+
+def _statistics_html(s: ClipperStatistics) -> str:
+    c = s.cache
+    cache = "off" if c.maxsize == 0 else f"{c.size} of {c.maxsize} cached, {c.inflight} in flight"
+    summary = (
+        f"<b>Clipper</b> {html.escape(s.state)} · {len(s.apps)} apps · "
+        f"{len(s.models)} model versions · cache: {html.escape(cache)}"
+    )
+    if s.abandoned_threads:
+        summary += f' · <span class="bad">{s.abandoned_threads} abandoned threads</span>'
+    return (
+        f'<div class="clipperlite">{_STYLE}<div>{summary}</div>'
+        f"{_apps_html(s.apps)}{_models_html(s.models)}</div>"
+    )

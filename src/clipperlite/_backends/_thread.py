@@ -112,7 +112,8 @@ class ThreadReplica:
         if not self._exited.done() and self._force_stop():
             await asyncio.wait([self._exited], timeout=1.0)
         if self._exited.done():
-            # It has said goodbye and is returning; wait for that without blocking the loop.
+            # It has said goodbye and is only returning; wait for that without blocking the
+            # loop (a join off the loop would leave an executor thread behind).
             for _ in range(200):
                 if not thread.is_alive():
                     break

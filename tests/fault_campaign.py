@@ -42,11 +42,14 @@ Over every round the campaign checks, and `Tally` counts:
 - ``stop()`` returns within the grace period plus a margin and leaves no
   ``clipperlite`` thread, task or worker process behind (``leftovers``).
 
-Run the long campaign (>= 100k queries)::
+It checks correctness, not speed, so it lives with the tests: the suite runs a short
+seeded campaign (``tests/test_faults.py::test_seeded_campaign_keeps_every_promise``,
+8,000 queries, about 10 s). Run the long campaign (>= 100k queries, about a minute)
+from the repository root with one command::
 
-    python benchmarks/faults.py --queries 100000 --seed 1
+    python tests/fault_campaign.py --queries 100000 --seed 1
 
-The test suite runs a short one (``tests/test_faults.py``).
+It prints the figures and exits 1 if any promise was broken (``--json`` for JSON).
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -67,8 +69,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipperlite import Clipper, ClipperClosedError, Prediction
-from clipperlite._types import DefaultCause
+from clipperlite import Clipper, ClipperClosedError, DefaultCause, Prediction
+from helpers import clipperlite_tasks, clipperlite_threads, eventually, worker_processes
 
 #: The causes `metrics()` counts defaults by.
 CAUSES = frozenset(c.value for c in DefaultCause)
@@ -314,53 +316,6 @@ class Tally:
         }
 
 
-# -- leftovers ------------------------------------------------------------------------------
-def clipperlite_threads() -> list[str]:
-    """Names of live threads started by clipperlite."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("clipperlite")]
-
-
-def clipperlite_tasks() -> list[str]:
-    """Names of pending asyncio tasks started by clipperlite (on the running loop)."""
-    return [
-        t.get_name()
-        for t in asyncio.all_tasks()
-        if not t.done() and t.get_name().startswith("clipperlite")
-    ]
-
-
-def worker_processes() -> list[int]:
-    """Pids of live (not zombie) clipperlite worker processes that are our children."""
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == me and state != "Z" and b"clipperlite._backends" in cmdline:
-            found.append(int(entry))
-    return found
-
-
-async def eventually(check: Callable[[], Any], timeout: float, step: float = 0.02) -> Any:
-    """Poll `check()` until it is truthy or `timeout` seconds pass; return its last value."""
-    value = check()
-    for _ in range(max(1, int(timeout / step))):
-        if value:
-            return value
-        await asyncio.sleep(step)
-        value = check()
-    return value
-
-
 # -- one round ------------------------------------------------------------------------------
 class _Round:
     """One Clipper, its callers and what they saw."""
@@ -552,7 +507,7 @@ class _Round:
 
     async def stopper(self) -> None:
         assert self.stop_at is not None
-        await eventually(lambda: self.sent >= self.stop_at * self.budget, timeout=600, step=0.005)
+        await eventually(lambda: self.sent >= self.stop_at * self.budget, timeout=600)
         self.tally.caller["stop_mid_load"] += 1
         self.stopping = True
         loop = asyncio.get_running_loop()
