@@ -34,23 +34,23 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: BLAS erratic
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import queue  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import deque  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import asyncio
+import json
+import platform
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from clipperlite import Clipper  # noqa: E402
-from loadgen import LoadResult, arrival_offsets, run_load  # noqa: E402
+from clipperlite import Clipper
+from loadgen import LoadResult, arrival_offsets, run_load
 
 SLO_MICROS = 20_000
 SLO_S = SLO_MICROS / 1e6
@@ -233,7 +233,9 @@ async def capacity(
         for name, run in systems.items():
             b = bounds[name]
             mid = round((b[0] + b[1]) / 2)
-            res = await run(func, make_input, mid, warmup=warmup, duration=duration, seed=seed0 + step)
+            res = await run(
+                func, make_input, mid, warmup=warmup, duration=duration, seed=seed0 + step
+            )
             ok = res.sustained(0.01)
             print(f"  {label:6s} {name:12s} {res.row()}  {'pass' if ok else 'FAIL'}", flush=True)
             if ok:
@@ -456,7 +458,9 @@ async def main(args: argparse.Namespace) -> int:
         print("\n[per-query CPU] loop thread CPU per query at 6,000/s (generator included)")
         cpu = {}
         for name, run in SYSTEMS.items():
-            res = await run(sleep_model, small_input, 6000, warmup=0.5, duration=1.0 if quick else 2.0, seed=3)
+            res = await run(
+                sleep_model, small_input, 6000, warmup=0.5, duration=1.0 if quick else 2.0, seed=3
+            )
             cpu[name] = res.loop_cpu_us_per_query
             print(f"  {name:12s} {res.loop_cpu_us_per_query:6.1f} µs/query   {res.row()}")
         print(f"  ratio: {cpu['clipperlite'] / cpu['greedy']:.2f}x greedy")
@@ -479,8 +483,7 @@ async def main(args: argparse.Namespace) -> int:
         summary["unloaded"] = {"query_us": t, "raw_us": f, "ratio": ratio}
 
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=1, default=float)
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
     return 0
 
 
@@ -488,6 +491,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--runs", type=int, default=3, help="capacity runs (full mode)")
-    parser.add_argument("--only", default="", help="comma list: capacity,step,numpy,cpu,trivial,unloaded")
+    parser.add_argument(
+        "--only", default="", help="comma list: capacity,step,numpy,cpu,trivial,unloaded"
+    )
     parser.add_argument("--json", default="", help="write the figures to this file")
     sys.exit(asyncio.run(main(parser.parse_args())))

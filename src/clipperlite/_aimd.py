@@ -225,10 +225,10 @@ class AIMD:
       slow start: to 2 n, but never past the size the fit expects to take 0.9 B);
     - 0.9 B <= L < B holds it (the hold band stops oscillation around B);
     - a back-off sets it to max(1, floor(0.9 n)) (or lower, to what the fit allows,
-      but never below n / 2)
-      when L >= B for 3 of the last 4 batches, or when L >= 0.9 B and both the
-      recent batches of about n and the fit at n reach B. One slow batch alone (a stall the batch size
-      does not explain) never shrinks the limit.
+      but never below n / 2) when L >= B for 3 of the last 4 batches, or when
+      L >= 0.9 B and both the recent batches of about n and the fit at n reach B.
+      One slow batch alone (a stall the batch size does not explain) never shrinks
+      the limit.
 
     A slow start runs from the first batch and again while a backlog of 3 full
     batches or more persists for 3 batches.

@@ -449,4 +449,3 @@ class _BatchDue:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-

@@ -502,7 +502,7 @@ class Clipper:
         # One linked model and nothing to choose: this coroutine is the query's only one.
         got = proc.begin(a, name, xv, qid, t0, deadline)
         if got.__class__ is Prediction:
-            return got  # type: ignore[return-value]
+            return got
         return proc.conclude(a, name, qid, t0, deadline, await got)  # type: ignore[misc]
 
     async def predict_batch(

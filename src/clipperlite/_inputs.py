@@ -124,7 +124,7 @@ def _numeric_validator(input_type: str) -> Validator:
         t = type(x)
         if t is np.ndarray:
             if x.ndim == 1 and x.dtype == dtype and x.size:
-                out = x.copy()
+                out: np.ndarray = x.copy()
                 out.flags.writeable = False
                 return out
         elif t is list and fast_list is not None and x and fast_list.issuperset(map(type, x)):

@@ -125,13 +125,13 @@ class ModelVersion:
         """The cache key of an input key for this deployment (a batch of a stopped
         deployment finishing late must not answer for a new one of the same version)."""
         if key.__class__ is bytes:
-            return self.cache_prefix + key  # type: ignore[operator]
+            return self.cache_prefix + key
         return (self.cache_prefix, key)
 
     def owns_key(self, k: Hashable) -> bool:
         """Whether a cache key is one of this deployment's."""
         if k.__class__ is bytes:
-            return k.startswith(self.cache_prefix)  # type: ignore[attr-defined, no-any-return]
+            return k.startswith(self.cache_prefix)
         return isinstance(k, tuple) and len(k) == 2 and k[0] == self.cache_prefix
 
     def submit(self, q: Query) -> Failure | None:
