@@ -45,6 +45,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -375,7 +376,7 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}"
 
 
-async def main(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     only = set(args.only.split(",")) if args.only else None
     summary: dict[str, Any] = {
@@ -482,9 +483,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         summary["unloaded"] = {"query_us": t, "raw_us": f, "ratio": ratio}
 
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
@@ -495,4 +494,7 @@ if __name__ == "__main__":
         "--only", default="", help="comma list: capacity,step,numpy,cpu,trivial,unloaded"
     )
     parser.add_argument("--json", default="", help="write the figures to this file")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    args = parser.parse_args()
+    figures = asyncio.run(main(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=float))
