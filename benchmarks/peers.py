@@ -184,18 +184,32 @@ async def main(args: argparse.Namespace) -> int:
     results = {"clipperlite": ("defaults", ours["clipperlite"]), "greedy": ("", ours["greedy"])}
     batches = (32, 256) if quick else (32, 128, 256)
     waits_s = (0.001, 0.005) if quick else (0.0005, 0.002, 0.005)
-    ray_cells = {f"max_batch={b} wait={w * 1e3:g}ms": ray_serve(b, w) for b in batches for w in waits_s}
+    ray_cells = {
+        f"max_batch={b} wait={w * 1e3:g}ms": ray_serve(b, w) for b in batches for w in waits_s
+    }
     if all(r is not None for r in ray_cells.values()):
         results["ray serve @serve.batch"] = await best_cell(
-            "ray", ray_cells, ideal, steps=steps, warmup=warm, duration=dur  # type: ignore[arg-type]
+            "ray",
+            ray_cells,
+            ideal,
+            steps=steps,
+            warmup=warm,
+            duration=dur,  # type: ignore[arg-type]
         )
     else:
         print("ray serve: not installed, skipped")
     waits_ms = (1.0, 5.0) if quick else (0.5, 2.0, 5.0)
-    b_cells = {f"batch_size={b} timeout={t:g}ms": batched_peer(b, t) for b in batches for t in waits_ms}
+    b_cells = {
+        f"batch_size={b} timeout={t:g}ms": batched_peer(b, t) for b in batches for t in waits_ms
+    }
     if all(r is not None for r in b_cells.values()):
         results["batched"] = await best_cell(
-            "batched", b_cells, ideal, steps=steps, warmup=warm, duration=dur  # type: ignore[arg-type]
+            "batched",
+            b_cells,
+            ideal,
+            steps=steps,
+            warmup=warm,
+            duration=dur,  # type: ignore[arg-type]
         )
     else:
         print("batched: not installed, skipped")
