@@ -37,6 +37,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from capacity import (
+    GUARD,
     SLO_MICROS,
     SYSTEMS,
     Run,
@@ -165,6 +166,7 @@ async def main(args: argparse.Namespace) -> int:
         f"{platform.node()} {platform.python_version()};"
         f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; python {' '.join(sys.argv)}"
     )
+    GUARD.extra_s = 20.0 if quick else 180.0
     steps = 3 if quick else 5
     warm, dur = (0.5, 1.0) if quick else (1.0, 2.0)
     n_half = round((SLO_MICROS / 2e6 - 0.002) / 0.00005)
@@ -221,6 +223,7 @@ async def main(args: argparse.Namespace) -> int:
             f"{name:24s} {cell:28s} {rate:8,.0f} {rate / ideal:8.2f}"
             f" {(c / rate if rate else float('inf')):14.2f}"
         )
+    print(GUARD.report())
     return 0
 
 
