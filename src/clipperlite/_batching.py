@@ -121,6 +121,8 @@ class Batcher:
         self._due: asyncio.TimerHandle | None = None
         self._due_at = math.inf
         self._full = Failure(DefaultCause.QUEUE_FULL, f"has a full queue (max_queue={max_queue})")
+        #: The fit's latency of a full batch, refreshed after each batch (admission reads it).
+        self._full_latency = 0.0
 
     # -- admission -----------------------------------------------------------------
     @property
@@ -142,7 +144,7 @@ class Batcher:
         n = self.sizer.max_batch
         if len(queue) >= n:
             # Estimated from the fit of the model's latency against batch size.
-            latency = self.sizer.estimate(n)
+            latency = self._full_latency
             if latency > 0.0 and self._would_miss(q, n, latency):
                 self.stats.would_miss += 1
                 return _WOULD_MISS
@@ -328,7 +330,9 @@ class Batcher:
             ewma = stats.latency_ewma
             # One stall (a garbage collection) must not make many queries look doomed.
             stats.latency_ewma = latency if not ewma else 0.8 * ewma + 0.2 * min(latency, 4 * ewma)
-            self.sizer.observe(n, latency, len(self.queue))
+            sizer = self.sizer
+            sizer.observe(n, latency, len(self.queue))
+            self._full_latency = sizer.estimate(sizer.max_batch)
             self.history.append(
                 BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), False)
             )
