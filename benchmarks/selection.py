@@ -7,11 +7,11 @@ Three experiments, each reported against baselines measured in the same run:
 
 1. The paper's simulation: five models with accuracies 0.91, 0.83, 0.76, 0.65 and
    0.54 answer a stream of 10-class labels (a wrong answer is a uniformly random
-   other label); from query 1,000 on the best model is always wrong. Exp3 and Exp4
-   (eta = 0.1) learn from feedback on every query. Baselines: the best static
-   model (the 0.91 one, before and after it breaks) and an oracle that always asks
-   the model that is best at that moment. Curves are averaged over many seeds and
-   run through the pure policy objects (`Exp3`/`Exp4` select, combine, observe);
+   other label); from query 1,000 on the best model is always wrong. Exp3 (eta = 0.1)
+   and Exp4 (its default learning-rate schedule) learn from feedback on every query.
+   Baselines: the best static model (the 0.91 one, before and after it breaks) and an
+   oracle that always asks the model that is best at that moment. Curves are averaged
+   over many seeds and run through the pure policy objects (`Exp3`/`Exp4` select, combine, observe);
    a shorter run through a real `Clipper` app with `predict` and `feedback` checks
    that the facade behaves the same. A third table moves the failure later
    (after 1,000, 5,000 and 20,000 good queries) to show how recovery depends on
@@ -21,8 +21,11 @@ Three experiments, each reported against baselines measured in the same run:
    an Exp4 app, an Exp3 app, one app per single model, and Exp4 apps with a few
    `min_confidence` values, with feedback after every query. Reported: accuracy of
    each app, and coverage against error for the `min_confidence` apps (the paper's
-   "robust predictions" table).
-3. Plots (PNG) under docs/img/, shown in docs/concepts/selection.md.
+   "robust predictions" table). Section 2b chooses Exp4's learning rate or schedule
+   on tuning data (digits splits 10-14, CIFAR-style seeds 0-2) and judges the choice
+   on other data (digits splits 0-2, CIFAR-style seeds 100-104).
+3. Plots (PNG) under docs/img/, shown in docs/concepts/selection.md; then the
+   personalised (4) and straggler (5) scenarios.
 
 scikit-learn and matplotlib are benchmark extras (`pip install -e '.[bench]'`);
 clipperlite itself never imports them.
@@ -95,8 +98,9 @@ def run_exp3(stream: Stream, seed: int, **options: Any) -> np.ndarray:
 
 
 def run_exp4(stream: Stream, seed: int, **options: Any) -> np.ndarray:
-    """Exp4 through the pure policy object: 1.0 where its weighted vote was right."""
-    policy = Exp4(eta=ETA, **options)
+    """Exp4 (its defaults, as `policy="exp4"`) through the pure policy object: 1.0 where
+    its weighted vote was right."""
+    policy = Exp4(**options)
     state = policy.init_state(NAMES)
     labels, outputs = stream.labels.tolist(), stream.outputs.tolist()
     right = np.zeros(len(labels))
@@ -218,6 +222,7 @@ def uptime(seeds: int, stable: tuple[int, ...]) -> list[tuple[str, int, float, i
 # -- 2. digits -----------------------------------------------------------------------------
 
 MIN_CONFIDENCES = (0.6, 0.7, 0.9, 0.99)
+OLD_EXP4 = "Exp4 eta=0.1 (constant)"  # the default before the schedule, for comparison
 
 
 def train_digits(split: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
@@ -283,10 +288,10 @@ async def digits_stream(split: int, limit: int | None) -> DigitsResult:
 
     slo = 1_000_000  # generous: this measures selection, not latency (see the batching docs)
     async with Clipper(seed=split) as clipper:
-        apps: dict[str, float | None] = {"Exp4": None, "Exp3": None, "Exp4 eta=1": None}
+        apps: dict[str, float | None] = {"Exp4": None, "Exp3": None, OLD_EXP4: None}
         clipper.register_application("Exp4", "doubles", -1, slo, policy="exp4")
         clipper.register_application("Exp3", "doubles", -1, slo, policy="exp3")
-        clipper.register_application("Exp4 eta=1", "doubles", -1, slo, policy=Exp4(eta=1.0))
+        clipper.register_application(OLD_EXP4, "doubles", -1, slo, policy=Exp4(eta=0.1))
         for c in MIN_CONFIDENCES:
             clipper.register_application(
                 f"Exp4 min_confidence={c}", "doubles", -1, slo, policy="exp4", min_confidence=c
@@ -318,7 +323,7 @@ async def digits_stream(split: int, limit: int | None) -> DigitsResult:
         )
     coverage: dict[float | None, tuple[float, float]] = {}
     for app, c in apps.items():
-        if app in ("Exp3", "Exp4 eta=1"):
+        if app in ("Exp3", OLD_EXP4):
             continue
         got = answered[app]
         error = 1.0 - right[app][got].mean() if got.any() else float("nan")
@@ -336,12 +341,19 @@ async def digits_stream(split: int, limit: int | None) -> DigitsResult:
     )
 
 
-# -- 2b. choosing Exp4's eta on tuning data, judged on other data -----------------------------
+# -- 2b. choosing Exp4's learning rate on tuning data, judged on other data ------------------
 
-#: The candidates; each is scored on the tuning tasks only.
-ETA_GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: The candidates, each scored on the tuning tasks only: constant rates (`Exp4(eta=...)`)
+#: and the loss-scaled schedule at several scales (`Exp4(rate_scale=...)`, floor 0.1).
+CONSTANT_ETAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+RATE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+RULES: dict[str, Callable[[], Exp4]] = {
+    **{f"eta {e:g}": (lambda e=e: Exp4(eta=e)) for e in CONSTANT_ETAS},
+    **{f"schedule {c:g}": (lambda c=c: Exp4(rate_scale=c)) for c in RATE_SCALES},
+}
 TUNE_SPLITS = tuple(range(10, 15))  # digits splits used to tune (judged: 0, 1, 2)
 TUNE_SEEDS = (0, 1, 2)  # CIFAR-style seeds used to tune (judged: 100, 101, ...)
+JUDGE_SEEDS = tuple(range(100, 105))
 #: The paper's CIFAR-10 ensemble (five models): best single error 0.0915; the others
 #: a few points worse, as in its table.
 CIFAR_ERRORS = (0.0915, 0.100, 0.110, 0.125, 0.140)
@@ -371,9 +383,8 @@ def cifar_stream(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.where(wrong, wrong_label, labels[:, None])
 
 
-def exp4_accuracy(labels: list[int], outputs: list[list[int]], eta: float) -> float:
+def exp4_accuracy(labels: list[int], outputs: list[list[int]], policy: Exp4) -> float:
     """Exp4 (pure object) over a stream with feedback after every query: its accuracy."""
-    policy = Exp4(eta=eta)
     names = [f"m{i}" for i in range(len(outputs[0]))]
     state = policy.init_state(names)
     right = 0
@@ -398,8 +409,20 @@ def digits_outputs(split: int) -> tuple[list[int], list[list[int]]]:
     return y_test.tolist(), np.stack(cols, axis=1).tolist()
 
 
-def choose_eta(quick: bool) -> dict[str, Any]:
-    """Score each eta by Exp4's margin over the best single model on tuning data only,
+Tasks = dict[str, tuple[list[int], list[list[int]]]]
+
+
+def make_tasks(splits: tuple[int, ...], seeds: tuple[int, ...], n: int) -> Tasks:
+    """Digits splits and CIFAR-style seeds of `n` images, as (labels, outputs) by name."""
+    tasks: Tasks = {f"digits split {s}": digits_outputs(s) for s in splits}
+    for seed in seeds:
+        labels, outs = cifar_stream(seed, n)
+        tasks[f"cifar seed {seed}"] = (labels.tolist(), outs.tolist())
+    return tasks
+
+
+def choose_rule(quick: bool) -> dict[str, Any]:
+    """Score each rule by Exp4's margin over the best single model on tuning data only,
     and choose the one whose worst tuning task does best (ties: the best mean margin).
 
     The worst task, not the mean: the target is to match the best single model on
@@ -407,34 +430,25 @@ def choose_eta(quick: bool) -> dict[str, Any]:
     loss on digits (tenths of a percent).
     """
     n = 2_000 if quick else 5_000
-    tasks = {f"digits split {s}": digits_outputs(s) for s in TUNE_SPLITS[: 2 if quick else None]}
-    for seed in TUNE_SEEDS[: 1 if quick else None]:
-        labels, outs = cifar_stream(seed, n)
-        tasks[f"cifar seed {seed}"] = (labels.tolist(), outs.tolist())
+    tasks = make_tasks(TUNE_SPLITS[: 2 if quick else None], TUNE_SEEDS[: 1 if quick else None], n)
     margins = {
-        eta: [exp4_accuracy(y, o, eta) - best_single(y, o) for y, o in tasks.values()]
-        for eta in ETA_GRID
+        rule: [exp4_accuracy(y, o, make()) - best_single(y, o) for y, o in tasks.values()]
+        for rule, make in RULES.items()
     }
-    chosen = max(ETA_GRID, key=lambda eta: (round(min(margins[eta]), 6), np.mean(margins[eta])))
+    chosen = max(RULES, key=lambda r: (round(min(margins[r]), 6), round(np.mean(margins[r]), 6)))
     return {"margins": margins, "chosen": chosen, "tasks": list(tasks)}
 
 
-def cifar_judged(eta: float, quick: bool) -> list[tuple[int, float, float, float]]:
-    """(seed, Exp4 error at the chosen eta, at eta 0.1, best single error) on seeds not tuned on."""
+def judge_rules(rules: list[str], splits: int, quick: bool) -> dict[str, dict[str, float]]:
+    """Accuracy of each rule, and of the best single model, on the judged tasks."""
     n = 2_000 if quick else 10_000  # CIFAR-10's test set is 10,000 images
-    rows = []
-    for seed in range(100, 102 if quick else 105):
-        labels, outs = cifar_stream(seed, n)
-        y, o = labels.tolist(), outs.tolist()
-        rows.append(
-            (
-                seed,
-                1 - exp4_accuracy(y, o, eta),
-                1 - exp4_accuracy(y, o, 0.1),
-                1 - best_single(y, o),
-            )
-        )
-    return rows
+    tasks = make_tasks(tuple(range(splits)), JUDGE_SEEDS[: 2 if quick else None], n)
+    table = {
+        rule: {t: exp4_accuracy(y, o, RULES[rule]()) for t, (y, o) in tasks.items()}
+        for rule in rules
+    }
+    table["best single model"] = {t: best_single(y, o) for t, (y, o) in tasks.items()}
+    return table
 
 
 # -- 4. personalised selection: a context per user group ------------------------------------
@@ -575,7 +589,7 @@ def plot_simulation(sim: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.0)
     ax.set_xlim(0, QUERIES)
     ax.set_title(
-        f"Five models (acc. {', '.join(map(str, ACCURACIES))}), eta={ETA}:"
+        f"Five models (acc. {', '.join(map(str, ACCURACIES))}), Exp3 eta={ETA}, Exp4 default:"
         f" {sim['seeds']} seeds ({sim['facade_seeds']} via Clipper)",
         fontsize=10,
     )
@@ -724,7 +738,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = args.splits or (1 if args.quick else 3)
     started = time.perf_counter()
 
-    print(f"== 1. simulation: {QUERIES} queries, model m0 breaks at {BREAK_AT}, eta={ETA}")
+    print(
+        f"== 1. simulation: {QUERIES} queries, model m0 breaks at {BREAK_AT};"
+        f" Exp3 eta={ETA}, Exp4 {Exp4()!r}"
+    )
     sim = simulation(seeds, facade_seeds)
     c = {**sim["curves"], **sim["facade"]}
     print(
@@ -813,25 +830,42 @@ def main(argv: list[str] | None = None) -> int:
             err = np.mean([r.coverage[c_][1] for r in results])
             print(f"   {'none' if c_ is None else c_:>14} {cov:9.3f} {err:8.4f}")
 
-    print("\n== 2b. Exp4's eta: chosen on tuning data, judged on other data")
-    tuned = choose_eta(args.quick)
+    print("\n== 2b. Exp4's learning rate: chosen on tuning data, judged on other data")
+    tuned = choose_rule(args.quick)
     print(f"   tuning tasks: {', '.join(tuned['tasks'])}")
-    print(f"   {'eta':>6s} {'worst task':>10s} {'mean':>8s}   Exp4 - best single, accuracy")
-    for eta, margin in tuned["margins"].items():
-        print(f"   {eta:6.2f} {min(margin):+10.4f} {np.mean(margin):+8.4f}")
+    print(f"   {'rule':>14s} {'worst task':>10s} {'mean':>8s}   Exp4 - best single, accuracy")
+    for rule, margin in tuned["margins"].items():
+        print(
+            f"   {rule:>14s} {min(margin):+10.4f} {np.mean(margin):+8.4f}  "
+            + " ".join(f"{m:+.4f}" for m in margin)
+        )
     chosen = tuned["chosen"]
-    print(f"   chosen eta: {chosen} (the default, Exp4().eta, is {Exp4().eta})")
-    print("   CIFAR-style ensemble (the paper: Exp4 error 0.0845 vs best single 0.0915), judged:")
+    default = f"schedule {Exp4().rate_scale:g}"
+    print(f"   chosen: {chosen} (the default, Exp4(), is {default} with floor {Exp4().min_eta})")
+    shown = list(dict.fromkeys([chosen, default, "eta 0.1"]))
+    judged = judge_rules(shown, splits, args.quick)
+    tasks = list(judged["best single model"])
+    print("   judged (never tuned on); the paper's CIFAR-10: Exp4 error 0.0845 vs best 0.0915")
     print(
-        f"   {'seed':>6s} {'Exp4 err (chosen)':>17s} {'Exp4 err (0.1)':>14s} {'best single':>11s}"
+        f"   {'accuracy':24s} "
+        + " ".join(f"{t.split()[0][:5] + t.split()[-1]:>9s}" for t in tasks)
+        + f" {'cifar err':>9s}"
     )
-    cifar = cifar_judged(chosen, args.quick)
-    for seed, err, err01, single in cifar:
-        print(f"   {seed:6d} {err:17.4f} {err01:14.4f} {single:11.4f}")
-    errs = np.array([r[1:] for r in cifar])
-    mean = errs.mean(axis=0)
-    print(f"   {'mean':>6s} {mean[0]:17.4f} {mean[1]:14.4f} {mean[2]:11.4f}")
-    print(f"   target Exp4 error <= best single: {verdict(bool(mean[0] <= mean[2]))}")
+    for rule, row in judged.items():
+        cifar = [v for t, v in row.items() if t.startswith("cifar")]
+        print(
+            f"   {rule:24s} "
+            + " ".join(f"{row[t]:9.4f}" for t in tasks)
+            + f" {1 - np.mean(cifar):9.4f}"
+        )
+    best_row = judged["best single model"]
+    for rule in shown:
+        digits_ok = all(judged[rule][t] >= best_row[t] for t in tasks if t.startswith("digits"))
+        cifar_ok = np.mean([judged[rule][t] - best_row[t] for t in tasks if t.startswith("cifar")])
+        print(
+            f"   target {rule}: >= best single on every digits split: {verdict(digits_ok)};"
+            f" CIFAR-style error <= best single: {verdict(bool(cifar_ok >= 0))}"
+        )
 
     n_pers = 1_500 if args.quick else 5_000
     print(f"\n== 4. personalised: {GROUPS} user groups, {n_pers} queries via Clipper")

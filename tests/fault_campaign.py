@@ -77,6 +77,9 @@ CAUSES = frozenset(c.value for c in DefaultCause)
 
 #: Fault codes carried by an input's first element.
 OK, RAISE, HANG, WRONG_LENGTH, NOT_LIST, KILL = 0, 1, 2, 3, 4, 5
+#: Issue 9's model faults: StopIteration (refused by an asyncio future), an async model
+#: cancelling its own task, a worker process that forks and does not _exit.
+STOP_ITERATION, SELF_CANCEL, FORK = 6, 7, 8
 KIND_NAMES = {
     OK: "ok",
     RAISE: "raise",
@@ -84,17 +87,35 @@ KIND_NAMES = {
     WRONG_LENGTH: "wrong_length",
     NOT_LIST: "not_list",
     KILL: "kill",
+    STOP_ITERATION: "stop_iteration",
+    SELF_CANCEL: "self_cancel",
+    FORK: "fork",
 }
-#: Kinds whose input makes a model fail for sure (a hang only makes it late).
-FAILING = {RAISE, WRONG_LENGTH, NOT_LIST, KILL}
+#: Kinds whose input makes a model fail for sure (a hang only makes it late; a fork
+#: must still be answered, with its own answer).
+FAILING = {RAISE, WRONG_LENGTH, NOT_LIST, KILL, STOP_ITERATION, SELF_CANCEL}
 
 SLOS = {"thr": 0.2, "asy": 0.2, "prc": 1.0, "ens": 0.2, "tgt": 0.06, "none": 0.2}
 APP_WEIGHTS = {"thr": 0.35, "asy": 0.2, "prc": 0.12, "ens": 0.2, "tgt": 0.06, "none": 0.07}
 #: Per app, the chance that an input carries each fault.
 FAULT_RATES: dict[str, dict[int, float]] = {
-    "thr": {RAISE: 0.02, HANG: 0.002, WRONG_LENGTH: 0.01, NOT_LIST: 0.01},
-    "asy": {RAISE: 0.02, HANG: 0.002, WRONG_LENGTH: 0.01, NOT_LIST: 0.01},
-    "prc": {RAISE: 0.02, WRONG_LENGTH: 0.01, NOT_LIST: 0.01, KILL: 0.01},
+    "thr": {RAISE: 0.02, HANG: 0.002, WRONG_LENGTH: 0.01, NOT_LIST: 0.01, STOP_ITERATION: 0.005},
+    "asy": {
+        RAISE: 0.02,
+        HANG: 0.002,
+        WRONG_LENGTH: 0.01,
+        NOT_LIST: 0.01,
+        STOP_ITERATION: 0.005,
+        SELF_CANCEL: 0.005,
+    },
+    "prc": {
+        RAISE: 0.02,
+        WRONG_LENGTH: 0.01,
+        NOT_LIST: 0.01,
+        KILL: 0.01,
+        STOP_ITERATION: 0.005,
+        FORK: 0.003,
+    },
     "ens": {RAISE: 0.02, HANG: 0.002, WRONG_LENGTH: 0.01, NOT_LIST: 0.01},
     "tgt": {RAISE: 0.01, WRONG_LENGTH: 0.01},
     "none": {},
@@ -186,6 +207,10 @@ def make_model(
         codes = {int(x[0]) for x in xs}
         if 5 in codes:
             os._exit(17)  # the worker process dies mid-batch
+        if 6 in codes:
+            next(iter([]))  # StopIteration, the exhausted-iterator bug
+        if 8 in codes and os.fork() == 0:
+            pass  # the fork returns from the model too, without _exit
         if 1 in codes:
             p = max(int(x[1]) for x in xs if int(x[0]) == 1)
             err = (ValueError, KeyError, RuntimeError, ZeroDivisionError)[p % 4]
@@ -215,6 +240,11 @@ def make_async_model(
                 counts["slow_replica_batch"] += 1
             await asyncio.sleep(SLOW_REPLICA_S)
         codes = {int(x[0]) for x in xs}
+        if STOP_ITERATION in codes:
+            next(iter([]))
+        if SELF_CANCEL in codes and task is not None:
+            asyncio.get_running_loop().call_later(0.002, task.cancel)  # a hand-made timeout
+            await asyncio.sleep(1.0)
         if RAISE in codes:
             p = max(int(x[1]) for x in xs if int(x[0]) == RAISE)
             err = (ValueError, KeyError, RuntimeError, ZeroDivisionError)[p % 4]

@@ -35,6 +35,9 @@ LAYERS = {
 }
 #: Extras, above the core: built on the public API only (they may import `clipperlite`).
 EXTRAS = {"testing", "http", "prometheus", "ray", "plotting", "demo", "__main__"}
+#: The public modules of other extras an extra may import (the command line serves the
+#: HTTP frontend and runs the demo; the frontend serves the Prometheus collector).
+EXTRA_IMPORTS = {"__main__": {"http", "demo"}, "http": {"prometheus"}}
 #: The only third-party packages `import clipperlite` may need.
 CORE_DEPENDENCIES = {"numpy", "cachetools", "cloudpickle", "anyio"}
 
@@ -113,6 +116,8 @@ def layering_violations(unit: str, targets: list[tuple[int, str]]) -> list[str]:
         if unit == "__init__" or other == unit:
             continue
         if unit in EXTRAS:
+            if target in {f"{PACKAGE}.{e}" for e in EXTRA_IMPORTS.get(unit, ())}:
+                continue
             if other != PACKAGE:
                 problems.append(
                     f"line {line}: {unit} is an extra (above the core) and imports {target!r}; "
@@ -188,6 +193,8 @@ def test_imports_go_down_the_layers(path: Path) -> None:
         ("clipperlite.testing._fakes", "from .._types import Prediction", "extras import only"),
         ("clipperlite.http", "from clipperlite._clipper import Clipper", "extras import only"),
         ("clipperlite.demo", "import clipperlite.testing", "extras import only"),
+        ("clipperlite.http._app", "import clipperlite.demo", "extras import only"),
+        ("clipperlite.prometheus", "import clipperlite.http", "extras import only"),
     ],
 )
 def test_the_checker_reports_violations(module: str, source: str, complaint: str) -> None:
@@ -207,6 +214,8 @@ def test_the_checker_reports_violations(module: str, source: str, complaint: str
         ("clipperlite.testing._fakes", False, "from .. import Clipper\nimport pytest"),
         ("clipperlite.testing", True, "from ._fakes import echo\nfrom clipperlite import Clipper"),
         ("clipperlite.http", True, "import starlette\nfrom clipperlite import Prediction"),
+        ("clipperlite.http._app", False, "from clipperlite.prometheus import ClipperCollector"),
+        ("clipperlite.__main__", False, "from clipperlite import http, demo"),
     ],
 )
 def test_the_checker_allows_downward_imports(module: str, is_package: bool, source: str) -> None:

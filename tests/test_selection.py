@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -685,3 +686,145 @@ def test_exp4_a_nan_model_loses_weight_and_the_answers_stay_finite() -> None:
         state = policy.observe(state, None, 1.0, outputs)
     w = weights_of(state)
     assert w["b"] < w["c"] < w["a"]
+
+
+# -- Exp4: the default learning-rate schedule ----------------------------------------------------
+
+
+def schedule_rate(k: int, ensemble_loss: float, scale: float = 0.75, floor: float = 0.1) -> float:
+    """The schedule written out: max(floor, scale * sqrt(ln K / (1 + ensemble loss)))."""
+    return max(floor, scale * math.sqrt(math.log(k) / (1.0 + ensemble_loss)))
+
+
+def test_exp4_default_rate_starts_at_the_schedule_and_a_fresh_state_paid_nothing() -> None:
+    """A fresh default state has paid no loss; its rate is 0.75 sqrt(ln K)."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    assert state["ensemble_loss"] == 0.0
+    assert policy.rate(state) == pytest.approx(0.75 * math.sqrt(math.log(3)))
+
+
+def test_exp4_schedule_step_by_step() -> None:
+    """Each feedback: the losers pay the current rate, the ensemble loss grows by the
+    weighted mean loss, and the log weights are rescaled by new rate / old rate."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    # Step 1: equal weights, "a" wrong: the ensemble paid 1/3.
+    eta1 = schedule_rate(3, 0.0)
+    state = policy.observe(state, None, "y", {"a": "n", "b": "y", "c": "y"})
+    eta2 = schedule_rate(3, 1 / 3)
+    assert state["ensemble_loss"] == pytest.approx(1 / 3)
+    assert state["log_weights"] == pytest.approx([-eta1 * eta2 / eta1, 0.0, 0.0])
+    assert policy.rate(state) == pytest.approx(eta2)
+    # Step 2: "b" wrong; the shares are those of step 1's weights.
+    shares = weights_of(state)
+    state = policy.observe(state, None, "y", {"a": "y", "b": "n", "c": "y"})
+    paid = 1 / 3 + shares["b"]
+    eta3 = schedule_rate(3, paid)
+    assert state["ensemble_loss"] == pytest.approx(paid)
+    # Hedge's weights: exp(-rate * cumulative loss), each model one mistake behind "c".
+    assert state["log_weights"] == pytest.approx([-eta3, -eta3, 0.0])
+
+
+def test_exp4_schedule_keeps_the_hedge_weights_of_the_current_rate() -> None:
+    """After many feedbacks each log weight is -rate * (its losses - the best's)."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    losses = dict.fromkeys(MODELS, 0)
+    for t in range(40):
+        outputs = {"a": "y" if t % 2 else "n", "b": "y" if t % 5 else "n", "c": "y"}
+        state = policy.observe(state, None, "y", outputs)
+        for m, out in outputs.items():
+            losses[m] += out != "y"
+    eta = policy.rate(state)
+    assert eta > 0.1  # the floor is not reached yet
+    best = min(losses.values())
+    assert state["log_weights"] == pytest.approx([-eta * (losses[m] - best) for m in MODELS])
+
+
+def test_exp4_schedule_falls_with_the_loss_paid_and_stops_at_its_floor() -> None:
+    """The rate shrinks as the ensemble pays loss and never goes below min_eta."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    rates = [policy.rate(state)]
+    for _ in range(200):
+        state = policy.observe(state, None, "y", {"a": "n", "b": "n", "c": "n"})
+        rates.append(policy.rate(state))
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    assert rates[-1] == 0.1
+    assert state["ensemble_loss"] == pytest.approx(200.0)
+    assert Exp4(min_eta=0.0, rate_scale=2.0).rate(state) == pytest.approx(
+        schedule_rate(3, 200.0, 2.0, 0.0)
+    )
+
+
+def test_exp4_schedule_ensemble_loss_counts_only_the_models_that_answered() -> None:
+    """A straggler pays nothing, and the loss added is the answering models' weighted mean."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    state = policy.observe(state, None, "y", {"a": "n", "b": "y"})
+    assert state["ensemble_loss"] == pytest.approx(0.5)
+    assert state["log_weights"][2] == 0.0
+
+
+def test_exp4_given_eta_is_a_constant_rate_with_the_old_state() -> None:
+    """Exp4(eta=...) keeps a constant rate and a {"models", "log_weights"} state."""
+    policy = Exp4(eta=0.3)
+    state = policy.init_state(MODELS)
+    for _ in range(3):
+        state = policy.observe(state, None, "y", {"a": "n", "b": "y", "c": "y"})
+        assert policy.rate(state) == 0.3
+    assert set(state) == {"models", "log_weights"}
+    assert state["log_weights"] == pytest.approx([-0.9, 0.0, 0.0])
+
+
+def test_exp4_schedule_state_round_trips_through_json() -> None:
+    """A saved schedule state restores to the same weights, rate and ensemble loss."""
+    policy = Exp4()
+    state = policy.init_state(MODELS)
+    for _ in range(5):
+        state = policy.observe(state, None, "y", {"a": "n", "b": "y", "c": "n"})
+    restored = policy.restore_state(json.loads(json.dumps(state)), list(MODELS))
+    assert restored["ensemble_loss"] == pytest.approx(state["ensemble_loss"])
+    assert policy.rate(restored) == pytest.approx(policy.rate(state))
+    assert weights_of(restored) == pytest.approx(weights_of(state))
+
+
+def test_exp4_schedule_restores_a_weights_only_state_from_the_start() -> None:
+    """A {"models", "log_weights"} state is accepted by the schedule, its loss paid 0."""
+    restored = Exp4().restore_state({"models": ["a", "b"], "log_weights": [0.0, -1.0]}, ["a", "b"])
+    assert restored == {"models": ["a", "b"], "log_weights": [0.0, -1.0], "ensemble_loss": 0.0}
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "3", True, None])
+def test_exp4_schedule_rejects_a_bad_ensemble_loss(bad: Any) -> None:
+    """A saved ensemble_loss that is not a finite number >= 0 is a ValueError naming it."""
+    saved = {"models": ["a"], "log_weights": [0.0], "ensemble_loss": bad}
+    with pytest.raises(ValueError, match="ensemble_loss"):
+        Exp4().restore_state(saved, ["a"])
+
+
+def test_exp4_constant_eta_rejects_an_ensemble_loss_key() -> None:
+    """With a constant eta the state is exactly {"models", "log_weights"}, as before."""
+    with pytest.raises(ValueError, match="exactly the keys"):
+        Exp4(eta=0.1).restore_state(
+            {"models": ["a"], "log_weights": [0.0], "ensemble_loss": 1.0}, ["a"]
+        )
+
+
+def test_exp4_relinking_keeps_the_ensemble_loss() -> None:
+    """init_state with a previous schedule state carries its ensemble loss over."""
+    policy = Exp4()
+    state = policy.init_state(["a", "b"])
+    state = policy.observe(state, None, "y", {"a": "n", "b": "y"})
+    relinked = policy.init_state(["a", "b", "c"], state)
+    assert relinked["ensemble_loss"] == pytest.approx(state["ensemble_loss"])
+
+
+@pytest.mark.parametrize(
+    "options", [{"rate_scale": 0.0}, {"rate_scale": float("nan")}, {"min_eta": -0.1}]
+)
+def test_exp4_rejects_bad_schedule_options(options: dict[str, float]) -> None:
+    """rate_scale must be > 0 and min_eta >= 0, both finite."""
+    with pytest.raises(ValueError):
+        Exp4(**options)

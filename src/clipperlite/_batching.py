@@ -8,6 +8,7 @@ isolates failures by retrying a failed batch in halves, and records each batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,12 +16,26 @@ from typing import Any
 
 import numpy as np
 
+from . import _defaults
 from ._aimd import BatchSizer
 from ._clock import Clock
 from ._errors import WorkerDiedError
 from ._queue import DONE, EDFQueue, Query
 from ._stats import LatencyHistogram, SizeHistogram
 from ._types import CANCELLED, BatchRecord, BatchResult, DefaultCause, Failure, _Dropped
+
+#: The event loop's timers fire about this late (PERFORMANCE.md): a wait that must end
+#: by a deadline ends this much earlier.
+_TIMER_RESOLUTION_S = 0.001
+
+#: Added to the explanation of a TypeError or AttributeError raised on a whole batch: the
+#: usual cause is a model written for one input.
+_PER_ITEM_HINT = (
+    "hint: func receives a list of inputs and returns a list of outputs;"
+    " a model written for one input fails like this"
+)
+
+logger = logging.getLogger("clipperlite")
 
 RunBatch = Callable[[list[Any]], Awaitable[Any]]
 
@@ -102,7 +117,12 @@ class Batcher:
         max_queue: int = 10_000,
         clock: Clock,
         history_size: int = 1000,
+        label: str = "?",
     ) -> None:
+        #: The model version it serves, for the log ("name:version").
+        self.label = label
+        self._next_log = -math.inf
+        self._suppressed = 0
         self.sizer = sizer
         self.batch_wait = batch_wait
         self.max_queue = max_queue
@@ -114,6 +134,8 @@ class Batcher:
         self.replicas: list[ReplicaSlot] = []
         self._idle: deque[asyncio.Future[None]] = deque()
         self._filling: list[asyncio.Future[None]] = []
+        #: When the replicas waiting for a fuller batch (`_filling`) planned to wake.
+        self._fill_until = math.inf
         self._running: set[tuple[Query, ...]] = set()
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +149,9 @@ class Batcher:
     # -- admission -----------------------------------------------------------------
     @property
     def active_replicas(self) -> int:
-        return len(self.replicas)
+        """Replicas in service and not on their way out (one being replaced may linger in
+        `replicas` until its successor runs, so that queries always have a replica)."""
+        return sum(1 for slot in self.replicas if not slot.stopping)
 
     def submit(self, q: Query) -> Failure | None:
         """Queue a query, or say why it cannot be (no replica, queue full, closing)."""
@@ -153,11 +177,21 @@ class Batcher:
             self._arm(q.deadline)
         if self._idle:
             _set_none(self._idle.popleft())
-        if self._filling and len(queue) >= n:
+        if self._filling and (
+            len(queue) >= n
+            or q.deadline - self._lead(q.deadline - q.arrival) < self._fill_until
+        ):  # a full batch, or a query that cannot wait as long as the replicas planned
             for f in self._filling:
                 _set_none(f)
             self._filling.clear()
+            self._fill_until = math.inf
         return None
+
+    def _lead(self, left: float) -> float:
+        """How long before a deadline `left` seconds away its batch must start: 1.5
+        expected batch latencies, plus what a loop timer may fire late by (a few ms on
+        a busy machine: 2 ms, or 5% of the time left if more)."""
+        return 1.5 * self.stats.latency_ewma + max(2 * _TIMER_RESOLUTION_S, 0.05 * left)
 
     def _would_miss(self, q: Query, n: int, batch_latency: float) -> bool:
         """Whether a query cannot make its deadline: the full batches queued ahead of it
@@ -224,12 +258,19 @@ class Batcher:
                 continue
             n = self.sizer.max_batch
             if self.batch_wait > 0 and len(queue) < n:
+                now = self.clock()
                 oldest = queue.oldest_arrival()
-                wake_at = (oldest if oldest is not None else self.clock()) + self.batch_wait
-                delay = wake_at - self.clock()
+                wake_at = (oldest if oldest is not None else now) + self.batch_wait
+                # ... but never past the time the earliest queued deadline needs its batch
+                # to start (an estimate of the batch's latency and a timer's resolution).
+                earliest = queue.earliest_deadline()
+                if earliest is not None:
+                    wake_at = min(wake_at, earliest - self._lead(earliest - now))
+                delay = wake_at - now
                 if delay > 0:
                     fut = loop.create_future()
                     self._filling.append(fut)
+                    self._fill_until = min(self._fill_until, wake_at)
                     handle = loop.call_later(delay, _set_none, fut)
                     try:
                         await fut
@@ -237,6 +278,8 @@ class Batcher:
                         handle.cancel()
                         if fut in self._filling:
                             self._filling.remove(fut)
+                        if not self._filling:
+                            self._fill_until = math.inf
                     if slot.stopping or self.closed:
                         break
                     n = self.sizer.max_batch
@@ -265,13 +308,14 @@ class Batcher:
         try:
             raw = await run_batch([q.x for q in batch])
         except WorkerDiedError as exc:
+            self._log_failure(exc, len(batch))
             return None, Failure(DefaultCause.WORKER_DIED, f"worker died: {exc}"), self.clock() - t0
         except Exception as exc:
-            return (
-                None,
-                Failure(DefaultCause.MODEL_ERROR, f"raised {type(exc).__name__}: {exc}"),
-                self.clock() - t0,
-            )
+            self._log_failure(exc, len(batch))
+            detail = f"raised {type(exc).__name__}: {exc}"
+            if isinstance(exc, TypeError | AttributeError):
+                detail += f" ({_PER_ITEM_HINT})"
+            return None, Failure(DefaultCause.MODEL_ERROR, detail), self.clock() - t0
         latency = self.clock() - t0
         if type(raw) is BatchResult:
             latency = raw.seconds
@@ -279,8 +323,14 @@ class Batcher:
         n = len(batch)
         if isinstance(raw, np.ndarray) and raw.ndim >= 1:
             outputs: Any = raw.tolist() if raw.ndim == 1 else list(raw)
-        elif isinstance(raw, list | tuple):
+        elif type(raw) is list or type(raw) is tuple:
             outputs = raw
+        elif isinstance(raw, list | tuple):
+            # A subclass is read for what it holds (C-level copy), so an overridden
+            # __len__ or __iter__ cannot make a short list pass for a full one.
+            outputs = (
+                list.copy(raw) if isinstance(raw, list) else tuple.__getitem__(raw, slice(None))
+            )
         else:
             return (
                 None,
@@ -299,6 +349,26 @@ class Batcher:
                 latency,
             )
         return list(outputs), None, latency
+
+    def _log_failure(self, exc: BaseException, n: int) -> None:
+        """Log a model's exception with its traceback at WARNING: the first, then at most
+        one per `ERROR_LOG_INTERVAL_S` with the count of those left out, so a failing
+        model cannot flood the log."""
+        now = self.clock()
+        if now < self._next_log:
+            self._suppressed += 1
+            return
+        self._next_log = now + _defaults.ERROR_LOG_INTERVAL_S
+        more = f" ({self._suppressed} more since the last one logged)" if self._suppressed else ""
+        self._suppressed = 0
+        logger.warning(
+            "clipperlite: model %s raised %s on a batch of %d%s",
+            self.label,
+            type(exc).__name__,
+            n,
+            more,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
 
     async def _run(self, run_batch: RunBatch, batch: list[Query]) -> None:
         key = tuple(batch)

@@ -6,32 +6,69 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 _MISS = object()
+
+#: The estimated bytes of a value that is not an array, bytes or str (a number, a small
+#: object): about what CPython spends on one.
+SMALL_BYTES = 64
+#: Items of a list or tuple looked at to estimate its size (the rest are taken alike).
+_SAMPLE = 16
+
+
+def size_of(value: Any, depth: int = 0) -> int:
+    """An estimate of the bytes `value` holds: numpy `nbytes`, the `len` of bytes and
+    str, the items of lists and tuples (sampled), a small constant for anything else.
+    Cheap on purpose: it runs once per cached answer."""
+    t = type(value)
+    if t is bytes or t is str or t is bytearray:
+        return len(value) + SMALL_BYTES
+    if t is np.ndarray:
+        return int(value.nbytes) + SMALL_BYTES
+    if (t is tuple or t is list) and depth < 4:
+        n = len(value)
+        if n <= _SAMPLE:
+            return SMALL_BYTES + sum(size_of(v, depth + 1) for v in value)
+        sample = sum(size_of(value[i], depth + 1) for i in range(_SAMPLE))
+        return SMALL_BYTES + sample * n // _SAMPLE
+    return SMALL_BYTES
 
 
 class PredictionCache(Generic[T]):
     """LRU of (model, version, input key) -> output, and key -> in-flight token.
 
-    The in-flight table lets identical concurrent queries share one model call
+    Bounded twice: at most `size` answers, and at most `max_bytes` estimated bytes of
+    keys and outputs together (`size_of`), so large inputs such as images cannot fill
+    memory. The in-flight table lets identical concurrent queries share one model call
     (single flight); the token is whatever the caller uses to wait (a queued query).
     `size=0` disables caching and coalescing alike.
 
-    The LRU is an `OrderedDict` (hits move to the end, evictions pop the front, all in
-    C): a miss and its insert cost about a quarter of `cachetools.LRUCache`'s, whose
-    bookkeeping is Python code, on the path of every query.
+    The LRU is an `OrderedDict` of (output, bytes) with a running byte total: hits move
+    to the end and evictions pop the front, in C; a miss and its insert cost about a
+    quarter of `cachetools.LRUCache`'s, whose bookkeeping is Python code, on the path
+    of every query.
     """
 
-    __slots__ = ("_inflight", "_lru", "_size")
+    __slots__ = ("_bytes", "_inflight", "_lru", "_max_bytes", "_size")
 
     MISS: Any = _MISS
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {size!r}")
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise ValueError(f"cache_max_bytes must be an int >= 1, got {max_bytes!r}")
         self._size = size
-        self._lru: OrderedDict[Hashable, Any] | None = OrderedDict() if size else None
+        self._max_bytes = max_bytes if max_bytes is not None else 2**62
+        self._lru: OrderedDict[Hashable, tuple[Any, int]] | None = (
+            OrderedDict() if size else None
+        )
+        self._bytes = 0
         self._inflight: dict[Hashable, T] = {}
 
     @property
@@ -43,24 +80,43 @@ class PredictionCache(Generic[T]):
     def maxsize(self) -> int:
         return self._size
 
+    @property
+    def max_bytes(self) -> int:
+        """The bound on the estimated bytes of keys and outputs."""
+        return self._max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated bytes of the keys and outputs cached now."""
+        return self._bytes
+
     def get(self, key: Hashable) -> Any:
         """The cached output for `key`, or `PredictionCache.MISS`."""
         lru = self._lru
         if lru is None:
             return _MISS
-        out = lru.get(key, _MISS)
-        if out is not _MISS:
-            lru.move_to_end(key)
-        return out
+        entry: Any = lru.get(key, _MISS)
+        if entry is _MISS:
+            return _MISS
+        lru.move_to_end(key)
+        return entry[0]
 
     def put(self, key: Hashable, output: Any) -> None:
-        """Remember an output (evicting the least recently used when full)."""
+        """Remember an output, evicting the least recently used while either bound is
+        passed; an answer bigger than the whole byte bound is not kept."""
         lru = self._lru
-        if lru is not None:
-            lru[key] = output
-            lru.move_to_end(key)
-            if len(lru) > self._size:
-                lru.popitem(last=False)
+        if lru is None:
+            return
+        nbytes = size_of(key) + size_of(output)
+        old = lru.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        if nbytes > self._max_bytes:
+            return
+        lru[key] = (output, nbytes)
+        self._bytes += nbytes
+        while len(lru) > self._size or self._bytes > self._max_bytes:
+            self._bytes -= lru.popitem(last=False)[1][1]
 
     def pending(self, key: Hashable) -> T | None:
         """The token of an identical query still in flight, if any."""
@@ -82,7 +138,7 @@ class PredictionCache(Generic[T]):
             return 0
         doomed = [k for k in self._lru if predicate(k)]
         for k in doomed:
-            del self._lru[k]
+            self._bytes -= self._lru.pop(k)[1]
         return len(doomed)
 
     def __len__(self) -> int:

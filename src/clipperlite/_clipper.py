@@ -4,14 +4,20 @@ query processor's path of a query."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import copy
 import enum
+import functools
 import itertools
 import logging
-from collections.abc import Callable, Hashable, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+import anyio
+import anyio.from_thread
 import numpy as np
 
 from . import _defaults
@@ -54,6 +60,9 @@ class Clipper:
     Args:
         cache_size: How many predictions the LRU cache holds, across all models;
             0 turns caching off (and the coalescing of identical concurrent queries).
+        cache_max_bytes: The most bytes of keys and outputs the cache holds (numpy
+            `nbytes`, the length of bytes and str, a small estimate for other values),
+            so large inputs such as images cannot fill memory (256 MiB by default).
         shutdown_grace_s: How long `stop()`, `stop_model` and scaling down let running
             batches finish before their queries get a default (0 allowed).
         hang_timeout_s: A replica still in one batch this long after the last deadline
@@ -70,13 +79,14 @@ class Clipper:
         self,
         *,
         cache_size: int = _defaults.CACHE_SIZE,
+        cache_max_bytes: int = _defaults.CACHE_MAX_BYTES,
         shutdown_grace_s: float = _defaults.SHUTDOWN_GRACE_S,
         hang_timeout_s: float = _defaults.HANG_TIMEOUT_S,
         history_size: int = _defaults.HISTORY_SIZE,
         seed: int | None = None,
     ) -> None:
         try:
-            self._cache: PredictionCache[Query] = PredictionCache(cache_size)
+            self._cache: PredictionCache[Query] = PredictionCache(cache_size, cache_max_bytes)
         except ValueError as exc:
             raise ClipperError(str(exc)) from None
         self._grace = positive("shutdown_grace_s", shutdown_grace_s, allow_zero=True)
@@ -96,6 +106,8 @@ class Clipper:
         self._state = _State.NOT_STARTED
         self._clock = monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The thread of that loop (configuration calls while running belong to it).
+        self._thread: int | None = None
         self._timer: DeadlineTimer | None = None
         self._processor: QueryProcessor | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -123,6 +135,7 @@ class Clipper:
         if self._state is _State.CLOSED:
             raise ClipperError("this Clipper was stopped and cannot start again; make a new one")
         self._loop = loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._clock = loop.time
         self._timer = DeadlineTimer(loop)
         self._processor = QueryProcessor(self._cache, self._registry.models, loop, self._timer)
@@ -140,6 +153,7 @@ class Clipper:
         if self._state is _State.NOT_STARTED:
             self._state = _State.CLOSED
             return
+        self._check_loop("stop")
         if self._stopping is None:
             self._state = _State.CLOSED
             self._stopping = asyncio.get_running_loop().create_task(
@@ -179,6 +193,36 @@ class Clipper:
         if self._state is not _State.RUNNING:
             state = "has not been started" if self._state is _State.NOT_STARTED else "is stopped"
             raise ClipperClosedError(f"cannot {what}: this Clipper {state}")
+        self._check_loop(what)
+
+    def _check_loop(self, what: str) -> None:
+        """Raise unless called on the event loop that started this Clipper (a cheap
+        identity check, at the entry of each async call)."""
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise self._wrong_place(what, "event loop")
+
+    def _check_thread(self, what: str) -> None:
+        """Raise unless a running Clipper is configured from its own loop's thread."""
+        if self._thread is not None and threading.get_ident() != self._thread:
+            if self._state is _State.RUNNING:
+                raise self._wrong_place(what, "thread")
+
+    def _wrong_place(self, what: str, where: str) -> ClipperError:
+        assert self._loop is not None
+        if self._loop.is_closed():
+            return ClipperError(
+                f"cannot {what}: the event loop that started this Clipper has ended (its"
+                " asyncio.run returned); a Clipper lives on one loop: make a new one in"
+                " this loop, and stop each Clipper before its loop ends (async with Clipper())"
+            )
+        other = "thread" if threading.get_ident() != self._thread else "event loop"
+        return ClipperError(
+            f"cannot {what} from this {where}: this Clipper belongs to the event loop that"
+            f" started it, and this is another {other}. From synchronous code in another"
+            " thread use `with clipper.blocking() as c: c.predict(...)`; from another event"
+            " loop, start a Clipper of its own there (in tests: a fixture driven by the same"
+            " runner as the test)"
+        )
 
     # -- applications and links ----------------------------------------------------------
     def register_application(
@@ -214,6 +258,7 @@ class Clipper:
             AlreadyExistsError: An app of that name exists.
             ClipperError: An argument is wrong (the message names it).
         """
+        self._check_thread("register an application")
         self._registry.register_application(
             name, input_type, default_output, slo_micros, policy, min_confidence, max_contexts
         )
@@ -224,6 +269,7 @@ class Clipper:
         Raises:
             UnknownApplicationError: No app has that name.
         """
+        self._check_thread("delete an application")
         self._registry.delete_application(name)
 
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
@@ -235,6 +281,7 @@ class Clipper:
             ClipperError: The app and the model take different input types, or the
                 app's policy refused the new links (they are then unchanged).
         """
+        self._check_thread("link a model")
         self._registry.link(app_name, model_name)
 
     def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
@@ -244,6 +291,7 @@ class Clipper:
             UnknownApplicationError: No app has that name.
             ClipperError: The model is not linked to the app.
         """
+        self._check_thread("unlink a model")
         self._registry.unlink(app_name, model_name)
 
     # -- models ---------------------------------------------------------------------------
@@ -325,9 +373,7 @@ class Clipper:
             try:
                 await mv.set_num_replicas(spec.num_replicas, self._grace)
             except BaseException as exc:
-                await asyncio.shield(
-                    mv.stop(0.0, Failure(DefaultCause.NO_REPLICA, "failed to deploy"))
-                )
+                await self._retire(mv, 0.0, Failure(DefaultCause.NO_REPLICA, "failed to deploy"))
                 if isinstance(exc, Exception):
                     if self._state is not _State.RUNNING:
                         raise ClipperClosedError(
@@ -338,7 +384,9 @@ class Clipper:
                     ) from exc
                 raise
             if self._state is not _State.RUNNING:  # stopped while replicas were starting
-                await mv.stop(0.0, Failure(DefaultCause.SHUTDOWN, "the Clipper is shutting down"))
+                await self._retire(
+                    mv, 0.0, Failure(DefaultCause.SHUTDOWN, "the Clipper is shutting down")
+                )
                 self._require_running("deploy a model")
         finally:
             self._deploying.discard(mv)
@@ -358,6 +406,7 @@ class Clipper:
         Raises:
             UnknownModelError: The model or that version is not deployed.
         """
+        self._check_thread("set a model version")
         self._registry.set_current(name, version)
         logger.info("model %r: version %r is now current", name, version)
 
@@ -393,19 +442,21 @@ class Clipper:
         """
         if self._state is _State.CLOSED:
             return
+        self._check_loop("stop a model")
         stopping = self._registry.take_out_of_service(name, version)
         for mv in stopping:
             self._cache.drop(mv.owns_key)
-        self._retiring.update(stopping)  # stop() waits for these too
-        try:
-            await asyncio.gather(
-                *(
-                    mv.stop(self._grace, Failure(DefaultCause.NO_REPLICA, "was stopped"))
-                    for mv in stopping
-                )
-            )
-        finally:
-            self._retiring.difference_update(stopping)
+        failure = Failure(DefaultCause.NO_REPLICA, "was stopped")
+        await asyncio.gather(*(self._retire(mv, self._grace, failure) for mv in stopping))
+
+    def _retire(self, mv: ModelVersion, grace: float, failure: Failure) -> asyncio.Future[None]:
+        """Start stopping `mv`; until that ends, whoever awaited it cancelled or not,
+        `stop()` waits for it too, so no replica outlives `stop()`."""
+        task = mv.stop_task(grace, failure)
+        if not task.done():
+            self._retiring.add(mv)
+            task.add_done_callback(lambda _: self._retiring.discard(mv))
+        return asyncio.shield(task)
 
     async def create_endpoint(
         self,
@@ -480,7 +531,7 @@ class Clipper:
             ClipperError: The context is not hashable.
         """
         t0 = self._clock()
-        if self._state is not _State.RUNNING:
+        if self._state is not _State.RUNNING or asyncio.get_running_loop() is not self._loop:
             self._require_running("predict")
         registry = self._registry
         a = registry.apps.get(app)
@@ -610,19 +661,27 @@ class Clipper:
             UnknownApplicationError: No app has that name.
             ClipperError: The context is not hashable.
         """
+        self._check_thread("read a policy state")
         app = self._registry.app(app_name)
         if not app.links:
             return None
-        if context is None:
-            return copy.deepcopy(app.policy_state())
-        _check_context(app_name, context)
-        entry = app.contexts.get(context)
-        if entry is None:
-            return None
-        if entry.links is not app.links:
-            entry.state = app.policy.init_state(list(app.links), entry.state)
-            entry.links = app.links
-        return copy.deepcopy(entry.state)
+        try:
+            if context is None:
+                return copy.deepcopy(app.policy_state())
+            _check_context(app_name, context)
+            entry = app.contexts.get(context)
+            if entry is None:
+                return None
+            if entry.links is not app.links:
+                entry.state = app.policy.init_state(list(app.links), entry.state)
+                entry.links = app.links
+            return copy.deepcopy(entry.state)
+        except ClipperError:
+            raise
+        except Exception as exc:  # the policy's init_state, or a state that cannot be copied
+            raise ClipperError(
+                f"cannot read the policy state of app {app_name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def set_policy_state(self, app_name: str, state: Any, context: Hashable | None = None) -> None:
         """Restore a state from `get_policy_state` (checked: it may name only linked models).
@@ -638,6 +697,7 @@ class Clipper:
             ClipperError: The app has no linked model, the state does not fit, or the
                 context is not hashable.
         """
+        self._check_thread("set a policy state")
         app = self._registry.app(app_name)
         if context is not None:
             _check_context(app_name, context)
@@ -650,11 +710,61 @@ class Clipper:
                 if restore is not None
                 else copy.deepcopy(state)
             )
-        except ValueError as exc:
+        except Exception as exc:  # a state that does not fit, cannot be copied, is too deep
             raise ClipperError(
-                f"cannot restore the policy state of app {app_name!r}: {exc}"
+                f"cannot restore the policy state of app {app_name!r}: {type(exc).__name__}: {exc}"
             ) from exc
         app.set_context_state(context, restored)
+
+    # -- synchronous callers ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[BlockingClipper]:
+        """Use this running Clipper from synchronous code in another thread (Flask, Django,
+        a script) while its event loop runs elsewhere::
+
+            with clipper.blocking() as c:
+                c.predict("app", [1.0, 2.0])
+
+        The object has the same query, model and configuration calls, synchronous; each
+        runs on the Clipper's own loop through an anyio blocking portal hosted there for
+        the life of the `with` block.
+
+        Raises:
+            ClipperClosedError: The Clipper is not running.
+            ClipperError: Called on the Clipper's own event loop thread (where the calls
+                are awaited instead: blocking there would stop the loop).
+        """
+        if self._state is not _State.RUNNING:
+            self._require_running("use blocking()")
+        loop = self._loop
+        assert loop is not None
+        if threading.get_ident() == self._thread:
+            raise ClipperError(
+                "blocking() is for synchronous code in other threads; on the Clipper's own"
+                " event loop, await its calls instead (await clipper.predict(...))"
+            )
+        if loop.is_closed():
+            raise self._wrong_place("use blocking()", "thread")
+        ready: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
+
+        async def host() -> None:
+            async with anyio.from_thread.BlockingPortal() as portal:
+                done = anyio.Event()
+                ready.set_result((portal, done))
+                await done.wait()
+
+        hosting = asyncio.run_coroutine_threadsafe(host(), loop)
+        either: list[concurrent.futures.Future[Any]] = [ready, hosting]
+        concurrent.futures.wait(either, return_when=concurrent.futures.FIRST_COMPLETED)
+        if not ready.done():  # the portal could not start: say why
+            hosting.result()
+            raise ClipperClosedError("cannot use blocking(): the Clipper's event loop stopped")
+        portal, done = ready.result()
+        try:
+            yield BlockingClipper(self, portal)
+        finally:
+            portal.call(done.set)
+            hosting.result()
 
     # -- reading state ------------------------------------------------------------------
     def get_all_apps(self, *, verbose: bool = False) -> list[Any]:
@@ -736,7 +846,13 @@ class Clipper:
             state=self._state.value,
             apps=apps,
             models=tuple(models),
-            cache=CacheStatistics(size=len(cache), maxsize=cache.maxsize, inflight=cache.inflight),
+            cache=CacheStatistics(
+                size=len(cache),
+                maxsize=cache.maxsize,
+                inflight=cache.inflight,
+                nbytes=cache.nbytes,
+                max_bytes=cache.max_bytes,
+            ),
             abandoned_threads=abandoned,
         )
 
@@ -755,6 +871,131 @@ class Clipper:
         latency p50/p99 in µs), per model version (batches, mean and current max batch
         size, queue length, errors, cache hits and misses), the cache."""
         return _metrics(self.statistics())
+
+
+class BlockingClipper:
+    """A running Clipper's calls made synchronous, for code in another thread; see
+    `Clipper.blocking()`. Each call runs on the Clipper's loop and returns its result
+    (or raises its error) here."""
+
+    def __init__(self, clipper: Clipper, portal: Any) -> None:
+        self._clipper = clipper
+        self._portal = portal
+
+    def __repr__(self) -> str:
+        return f"<BlockingClipper of {self._clipper!r}>"
+
+    def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._portal.call(functools.partial(func, *args, **kwargs))
+
+    # queries
+    def predict(self, app: str, x: Any, **options: Any) -> Prediction:
+        """`Clipper.predict`, synchronous."""
+        result: Prediction = self._call(self._clipper.predict, app, x, **options)
+        return result
+
+    def predict_batch(self, app: str, xs: Sequence[Any], **options: Any) -> list[Prediction]:
+        """`Clipper.predict_batch`, synchronous."""
+        result: list[Prediction] = self._call(self._clipper.predict_batch, app, xs, **options)
+        return result
+
+    def feedback(self, app: str, x: Any, y: Any, **options: Any) -> None:
+        """`Clipper.feedback`, synchronous."""
+        self._call(self._clipper.feedback, app, x, y, **options)
+
+    # models
+    def deploy_model(self, *args: Any, **kwargs: Any) -> None:
+        """`Clipper.deploy_model`, synchronous."""
+        self._call(self._clipper.deploy_model, *args, **kwargs)
+
+    def create_endpoint(self, *args: Any, **kwargs: Any) -> None:
+        """`Clipper.create_endpoint`, synchronous."""
+        self._call(self._clipper.create_endpoint, *args, **kwargs)
+
+    def set_num_replicas(self, *args: Any, **kwargs: Any) -> None:
+        """`Clipper.set_num_replicas`, synchronous."""
+        self._call(self._clipper.set_num_replicas, *args, **kwargs)
+
+    def stop_model(self, *args: Any, **kwargs: Any) -> None:
+        """`Clipper.stop_model`, synchronous."""
+        self._call(self._clipper.stop_model, *args, **kwargs)
+
+    # configuration and reading state: run on the loop's thread, as they must
+    def register_application(self, *args: Any, **kwargs: Any) -> None:
+        """`Clipper.register_application`."""
+        self._call(self._clipper.register_application, *args, **kwargs)
+
+    def delete_application(self, name: str) -> None:
+        """`Clipper.delete_application`."""
+        self._call(self._clipper.delete_application, name)
+
+    def link_model_to_app(self, app_name: str, model_name: str) -> None:
+        """`Clipper.link_model_to_app`."""
+        self._call(self._clipper.link_model_to_app, app_name, model_name)
+
+    def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
+        """`Clipper.unlink_model_from_app`."""
+        self._call(self._clipper.unlink_model_from_app, app_name, model_name)
+
+    def set_model_version(self, name: str, version: int | str) -> None:
+        """`Clipper.set_model_version`."""
+        self._call(self._clipper.set_model_version, name, version)
+
+    def get_policy_state(self, *args: Any, **kwargs: Any) -> Any:
+        """`Clipper.get_policy_state`."""
+        return self._call(self._clipper.get_policy_state, *args, **kwargs)
+
+    def set_policy_state(self, *args: Any, **kwargs: Any) -> None:
+        """`Clipper.set_policy_state`."""
+        self._call(self._clipper.set_policy_state, *args, **kwargs)
+
+    def get_all_apps(self, **kwargs: Any) -> list[Any]:
+        """`Clipper.get_all_apps`."""
+        result: list[Any] = self._call(self._clipper.get_all_apps, **kwargs)
+        return result
+
+    def get_app_info(self, name: str) -> dict[str, Any]:
+        """`Clipper.get_app_info`."""
+        result: dict[str, Any] = self._call(self._clipper.get_app_info, name)
+        return result
+
+    def get_linked_models(self, app_name: str) -> list[str]:
+        """`Clipper.get_linked_models`."""
+        result: list[str] = self._call(self._clipper.get_linked_models, app_name)
+        return result
+
+    def get_all_models(self, **kwargs: Any) -> list[Any]:
+        """`Clipper.get_all_models`."""
+        result: list[Any] = self._call(self._clipper.get_all_models, **kwargs)
+        return result
+
+    def get_model_info(self, *args: Any) -> dict[str, Any]:
+        """`Clipper.get_model_info`."""
+        result: dict[str, Any] = self._call(self._clipper.get_model_info, *args)
+        return result
+
+    def get_current_model_version(self, name: str) -> int | str:
+        """`Clipper.get_current_model_version`."""
+        result: int | str = self._call(self._clipper.get_current_model_version, name)
+        return result
+
+    def get_num_replicas(self, *args: Any) -> int:
+        """`Clipper.get_num_replicas`."""
+        result: int = self._call(self._clipper.get_num_replicas, *args)
+        return result
+
+    # plain reads, safe from any thread
+    def statistics(self) -> ClipperStatistics:
+        """`Clipper.statistics`."""
+        return self._clipper.statistics()
+
+    def metrics(self) -> dict[str, Any]:
+        """`Clipper.metrics`."""
+        return self._clipper.metrics()
+
+    def history(self, name: str, version: int | str | None = None) -> list[BatchRecord]:
+        """`Clipper.history`."""
+        return self._clipper.history(name, version)
 
 
 def _check_context(app: str, context: object) -> None:
@@ -812,7 +1053,13 @@ def _metrics(s: ClipperStatistics) -> dict[str, Any]:
     return {
         "apps": apps,
         "models": models,
-        "cache": {"size": s.cache.size, "maxsize": s.cache.maxsize, "inflight": s.cache.inflight},
+        "cache": {
+            "size": s.cache.size,
+            "maxsize": s.cache.maxsize,
+            "inflight": s.cache.inflight,
+            "bytes": s.cache.nbytes,
+            "max_bytes": s.cache.max_bytes,
+        },
         "abandoned_threads": s.abandoned_threads,
         "state": s.state,
     }

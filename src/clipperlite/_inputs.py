@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import reprlib
 from collections.abc import Callable, Hashable
@@ -88,6 +89,11 @@ def _bad_element(items: Any, input_type: str) -> str | None:
         if input_type == "integers" and not (_INT32.min <= num <= _INT32.max):
             return f"element {i} is {_describe(v)}: out of the int32 range"
         if input_type != "integers":
+            limit = _FLOAT32_MAX if input_type == "floats" else _FLOAT64_MAX
+            wide = isinstance(num, np.floating) and num.dtype.itemsize > 8  # a longdouble
+            if wide and np.isfinite(num) and abs(num) > np.longdouble(limit):
+                bits = "float32" if input_type == "floats" else "float64"
+                return f"element {i} is {_describe(num)}: out of the {bits} range"
             try:
                 value = float(num)
             except OverflowError:
@@ -98,6 +104,14 @@ def _bad_element(items: Any, input_type: str) -> str | None:
                 bits = "float32" if input_type == "floats" else "float64"
                 return f"element {i} is {_describe(num)}: out of the {bits} range"
     return None
+
+
+def _exact_sequence(x: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    """A list or tuple subclass as the exact builtin holding its real items (a C-level
+    copy: an overridden __len__, __iter__ or __getitem__ has no say)."""
+    if isinstance(x, list):
+        return list.copy(x)
+    return tuple.__getitem__(x, slice(None))
 
 
 def _why(items: Any, input_type: str) -> str:
@@ -142,6 +156,8 @@ def _numeric_validator(input_type: str) -> Validator:
             from_list = False
         elif isinstance(x, list | tuple):
             from_list = True
+            if type(x) is not list and type(x) is not tuple:
+                x = _exact_sequence(x)
             try:
                 arr = np.asarray(x)
             except Exception:  # ragged, hostile __array__, too deep: name what was wrong
@@ -172,10 +188,16 @@ def _numeric_validator(input_type: str) -> Validator:
         if input_type == "integers":
             if arr.dtype != dtype and (arr.min() < _INT32.min or arr.max() > _INT32.max):
                 raise _invalid(app, input_type, _why(arr.tolist(), input_type))
-        elif input_type == "floats" and arr.dtype != dtype:
+        elif arr.dtype != dtype and (input_type == "floats" or arr.dtype.itemsize > 8):
+            # Narrowing: to float32, or a longdouble to float64 (which would become inf).
+            limit = _FLOAT32_MAX if input_type == "floats" else _FLOAT64_MAX
             finite = arr[np.isfinite(arr)] if kind == "f" else arr
-            if finite.size and float(np.abs(finite).max()) > _FLOAT32_MAX:
-                raise _invalid(app, input_type, _why(arr.tolist(), input_type))
+            if finite.size:
+                peak = np.abs(finite).max()
+                # Compared in the wider type: a longdouble past float64 would become inf.
+                wide = peak.dtype.itemsize > 8
+                if (peak > np.longdouble(limit)) if wide else float(peak) > limit:
+                    raise _invalid(app, input_type, _why(list(arr), input_type))
         # Always a private copy: a caller mutating its array later must not change a
         # queued query or a cached key.
         out = np.array(arr, dtype=dtype, copy=True) if arr is x or arr.dtype != dtype else arr
@@ -188,7 +210,9 @@ def _numeric_validator(input_type: str) -> Validator:
 def _validate_bytes(x: Any, app: str) -> bytes:
     if isinstance(x, bytes | bytearray | memoryview):
         try:
-            value = bytes(x)
+            # The exact builtin, read through the buffer: a subclass's own __bytes__,
+            # __eq__ or __hash__ has no say in what the model sees or the cache keys.
+            value = x if type(x) is bytes else bytes(memoryview(x))
         except ValueError as exc:  # a released memoryview
             raise _invalid(app, "bytes", f"cannot read the bytes given: {exc}") from None
     elif isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == np.uint8:
@@ -203,13 +227,34 @@ def _validate_bytes(x: Any, app: str) -> bytes:
 def _validate_string(x: Any, app: str) -> str:
     if not isinstance(x, str):
         raise _invalid(app, "strings", f"got {_describe(x)}; expected str")
-    if not x:
+    value: str = x if type(x) is str else str.__str__(x)  # exact: a subclass cannot key
+    if not value:
         raise _invalid(app, "strings", "got an empty input")
-    return x
+    return value
+
+
+_IMMUTABLE = frozenset((str, bytes, int, float, bool, complex, type(None)))
+
+
+def _snapshot(x: Any) -> Any:
+    """x as it is now: itself when immutable all the way down (free), else a deep copy,
+    so a caller reusing its object after `predict` changes neither what a late batch
+    computes nor the key its output is cached under."""
+    t = type(x)
+    if t in _IMMUTABLE:
+        return x
+    if t is tuple and all(type(item) in _IMMUTABLE for item in x):
+        return x
+    try:
+        return copy.deepcopy(x)
+    except Exception:
+        # It cannot be copied: passed as given. It is never cached either: only the
+        # types `_freeze` keys make a key, and those always copy.
+        return x
 
 
 def _validate_any(x: Any, app: str) -> Any:
-    return x
+    return _snapshot(x)
 
 
 def make_validator(input_type: str) -> Validator:

@@ -90,6 +90,7 @@ class ModelVersion:
             max_queue=max_queue,
             clock=clock,
             history_size=history_size,
+            label=f"{name!r} version {version!r}",
         )
         self.batch_wait = batch_wait
         self._replicas: list[ServingReplica] = []
@@ -241,6 +242,7 @@ class ModelVersion:
         try:
             if replace:
                 await self._top_up()  # before the old one leaves: never none
+                logger.info("clipperlite: replica %s of %s replaced", slot.name, self)
         finally:
             if slot in self.batcher.replicas:
                 self.batcher.replicas.remove(slot)
@@ -333,11 +335,16 @@ class ModelVersion:
         """Answer everything queued with `failure`, let running batches finish within
         `grace` seconds, then stop every replica (abandoning any stuck in the model).
         Idempotent: a second call waits for the first."""
+        await asyncio.shield(self.stop_task(grace, failure))
+
+    def stop_task(self, grace: float, failure: Failure) -> asyncio.Task[None]:
+        """The task stopping this version (started by the first call): it runs to its end
+        whoever stops waiting for it."""
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(
                 self._stop(grace, failure), name=f"clipperlite:{self.name}:{self.version}:stop"
             )
-        await asyncio.shield(self._stopping)
+        return self._stopping
 
     async def _stop(self, grace: float, failure: Failure) -> None:
         loop = asyncio.get_running_loop()

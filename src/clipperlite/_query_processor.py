@@ -5,7 +5,8 @@ and of one feedback (the same choice and outputs, then the policy's update)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+import logging
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._cache import PredictionCache
@@ -17,6 +18,8 @@ from ._registry import App, Model, Served
 from ._selection import Exp3
 from ._timers import DeadlineTimer
 from ._types import DefaultCause, Failure, Prediction, make_prediction
+
+logger = logging.getLogger("clipperlite")
 
 _MISS = PredictionCache.MISS
 _LATE = Failure(DefaultCause.DEADLINE, "did not answer within the deadline")
@@ -132,6 +135,8 @@ class QueryProcessor:
     ) -> Prediction:
         cause = failure.cause
         assert isinstance(cause, DefaultCause)  # a cancelled query has no caller left
+        if cause is DefaultCause.DEADLINE and not a.slo_warned:
+            self._warn_slo(a, name, mv)
         return self._default(a, qid, t0, cause, self._explain(a, name, mv, failure, deadline - t0))
 
     def _join(self, q: Query, mv: ModelVersion, deadline: float) -> asyncio.Future[Any]:
@@ -199,6 +204,8 @@ class QueryProcessor:
             cause = failure.cause
             assert isinstance(cause, DefaultCause)  # a cancelled query has no caller left
             explanation = self._explain(a, name, mv, failure, deadline - t0)
+            if cause is DefaultCause.DEADLINE and not a.slo_warned:
+                self._warn_slo(a, name, mv)
             return self._default(a, qid, t0, cause, explanation)
         try:
             answer, confidence = policy.combine(state, xv, outputs)
@@ -243,24 +250,29 @@ class QueryProcessor:
         (`now`: when the query arrived; `key`: xv's key if the caller has it)."""
         if not self._cache.enabled:
             key = None
-        elif key is _NO_KEY:
-            key = a.key(xv)
         if len(chosen) == 1:  # the common case (Exp3), kept lean
             name = chosen[0]
-            got, mv = self._start(name, xv, key, now, deadline)
-            if isinstance(got, asyncio.Future):
-                got = await got
-            if isinstance(got, Failure):
+            # The key is made only if this model's outputs are cached (no work for cache=False).
+            if key is _NO_KEY:
+                got, mv, waiter = self._start(name, xv, None, now, deadline, a.key)
+            else:
+                got, mv, waiter = self._start(name, xv, key, now, deadline)
+            if waiter is not None:
+                self._timer.add(deadline, waiter, _LATE)
+                got = await waiter
+            if type(got) is Failure:
                 return {}, [(name, mv, got)]
             return {name: got}, []
+        if key is _NO_KEY:
+            key = a.key(xv)
         outputs: dict[str, Any] = {}
         misses: list[Miss] = []
         waiting: list[tuple[str, ModelVersion | None, asyncio.Future[Any]]] = []
         for name in chosen:
-            got, mv = self._start(name, xv, key, now, deadline)
-            if isinstance(got, asyncio.Future):
-                waiting.append((name, mv, got))
-            elif isinstance(got, Failure):
+            got, mv, waiter = self._start(name, xv, key, now, deadline)
+            if waiter is not None:
+                waiting.append((name, mv, waiter))
+            elif type(got) is Failure:
                 misses.append((name, mv, got))
             else:
                 outputs[name] = got
@@ -268,46 +280,56 @@ class QueryProcessor:
             await self._wait_all([f for _, _, f in waiting], deadline)
             for name, mv, fut in waiting:
                 result = fut.result()
-                if isinstance(result, Failure):
+                if type(result) is Failure:
                     misses.append((name, mv, result))
                 else:
                     outputs[name] = result
         return outputs, misses
 
     def _start(
-        self, name: str, xv: Any, key: Hashable | None, now: float, deadline: float
-    ) -> tuple[Any, ModelVersion | None]:
-        """Begin getting `name`'s output for xv: the output, a Failure, or a future to await."""
+        self,
+        name: str,
+        xv: Any,
+        key: Hashable | None,
+        now: float,
+        deadline: float,
+        keyer: Callable[[Any], Hashable | None] | None = None,
+    ) -> tuple[Any, ModelVersion | None, asyncio.Future[Any] | None]:
+        """Begin getting `name`'s output for xv: (the output or a Failure, its version, None),
+        or (None, its version, a future of ours to await). The waiter travels in a slot of
+        its own, so a model's output is opaque whatever its type (an asyncio Task too)."""
         model = self._models.get(name)
         mv = model.current_version() if model is not None else None
         if mv is None:
-            return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None
+            return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None, None
         ck = None
         cache = self._cache
+        if keyer is not None and mv.cache:
+            key = keyer(xv)
         if key is not None and mv.cache:
             ck = mv.cache_key(key)
             out = cache.get(ck)
             if out is not _MISS:
                 mv.cache_hits += 1
-                return out, mv
+                return out, mv, None
             mv.cache_misses += 1
             q = cache.pending(ck)
             if q is not None and q.state != DONE and q.deadline > now:
-                return self._join(q, mv, deadline), mv
+                return None, mv, self._join(q, mv, deadline)
         q = Query(xv, deadline, now, self._settle_cb if ck is not None else None, ck)
         fut = self._loop.create_future()
         q.waiters.append(fut)
         failure = mv.submit(q)
         if failure is not None:
-            return failure, mv
+            return failure, mv, None
         if ck is not None:
             cache.begin(ck, q)
-        return fut, mv
+        return None, mv, fut
 
     def _settle(self, q: Query, outcome: Any) -> None:
         cache = self._cache
         cache.end(q.key, q)
-        if not isinstance(outcome, Failure):
+        if type(outcome) is not Failure:
             cache.put(q.key, outcome)
 
     async def feedback(self, a: App, xv: Any, y: Any, t0: float, context: Hashable = None) -> None:
@@ -392,7 +414,7 @@ class QueryProcessor:
         defaults[cause] = defaults.get(cause, 0) + 1
         latency = self._record(a, t0)
         return make_prediction(
-            qid, a.default_output, True, explanation, models, confidence, latency, cause
+            qid, a.default(), True, explanation, models, confidence, latency, cause
         )
 
     def _record(self, a: App, t0: float) -> float:
@@ -415,6 +437,27 @@ class QueryProcessor:
                 explained.clear()
             text = explained[key] = self._format(a, name, mv, failure, slo)
         return text
+
+    @staticmethod
+    def _warn_slo(a: App, name: str, mv: ModelVersion | None) -> None:
+        """Say once per app, at WARNING, when its SLO cannot be met: below the model's
+        measured batch latency, or so small it was likely given in milliseconds."""
+        slo = a.slo_micros
+        latency = mv.batcher.stats.latency_ewma * MICROS if mv is not None else 0.0
+        if latency > slo:
+            why = f"below model {name!r}'s measured batch latency ({latency:.0f} µs)"
+        elif slo < 1000:
+            why = f"under 1 ms: slo_micros is in microseconds ({slo:g} ms is {slo * 1000:.0f})"
+        else:
+            return
+        a.slo_warned = True
+        logger.warning(
+            "clipperlite: app %r has slo_micros=%g, %s; its queries get the default"
+            " (deadline). Raise slo_micros.",
+            a.name,
+            slo,
+            why,
+        )
 
     @staticmethod
     def _format(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:

@@ -7,6 +7,7 @@ testable without one. The facade starts and stops the replicas.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -78,6 +79,10 @@ class App:
     min_confidence: float | None
     validate: Validator
     key: KeyFunc
+    #: Whether each default answer gets a copy of `default_output` (it is mutable).
+    copy_default: bool = False
+    #: Whether the "SLO cannot be met" warning was logged (once per app).
+    slo_warned: bool = False
     links: tuple[str, ...] = ()
     state: Any = None
     state_links: tuple[str, ...] | None = None
@@ -85,6 +90,11 @@ class App:
     max_contexts: int = _defaults.MAX_CONTEXTS
     contexts: OrderedDict[Hashable, ContextState] = field(default_factory=OrderedDict)
     served: OrderedDict[tuple[Hashable, int], Served] = field(default_factory=OrderedDict)
+
+    def default(self) -> Any:
+        """The default output for one answer: the app's own object when immutable, else a
+        copy, so one caller mutating its answer changes no other caller's."""
+        return copy.deepcopy(self.default_output) if self.copy_default else self.default_output
 
     @property
     def slo(self) -> float:
@@ -243,6 +253,18 @@ def make_policy(policy: object, rng: np.random.Generator) -> tuple[SelectionPoli
     )
 
 
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, frozenset)
+
+
+def _immutable(value: object, depth: int = 0) -> bool:
+    """Whether a value cannot change in place (None, numbers, str, bytes, tuples of them)."""
+    if type(value) in _IMMUTABLE:
+        return True
+    if type(value) is tuple and depth < 8:
+        return all(_immutable(v, depth + 1) for v in value)
+    return False
+
+
 def version_key(version: object) -> str:
     """The key of a model version: its string form (a bool is not a version)."""
     if isinstance(version, bool) or not isinstance(version, int | str):
@@ -257,11 +279,19 @@ def version_key(version: object) -> str:
 
 def positive(name: str, value: object, *, allow_zero: bool = False) -> float:
     """A finite number above zero (or at least zero), else a ClipperError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ClipperError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        text = repr(value)
+        shown = text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
+        raise ClipperError(f"{name} must be a finite number, got {shown}") from None
+    if math.isnan(number):
+        raise ClipperError(f"{name} must be a number, got {value!r}")
+    if number < 0 or (number == 0 and not allow_zero) or math.isinf(number):
         raise ClipperError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
+    return number
 
 
 def count(name: str, value: object, *, minimum: int) -> int:
@@ -320,9 +350,16 @@ class Registry:
                 raise ClipperError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
         kept = count("max_contexts", max_contexts, minimum=1)
         pol, pol_name = make_policy(policy, self._rng)
+        copy_default = not _immutable(default_output)
+        if copy_default:
+            try:  # the app's own copy: the registrant may change its object later
+                default_output = copy.deepcopy(default_output)
+            except Exception:  # it cannot be copied: it is shared, as given
+                copy_default = False
         app = App(
             name=name,
             input_type=itype,
+            copy_default=copy_default,
             default_output=default_output,
             slo_micros=slo,
             slo_given=slo_micros,
@@ -536,7 +573,7 @@ class Registry:
         return {
             "name": app.name,
             "input_type": app.input_type,
-            "default_output": app.default_output,
+            "default_output": app.default(),
             "slo_micros": app.slo_given,
             "policy": app.policy_name,
             "min_confidence": app.min_confidence,

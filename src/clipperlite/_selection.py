@@ -246,8 +246,17 @@ class Exp4:
     array with such an entry) counts as missing, like a straggler, for the mean and
     the vote alike. Confidence is the share of the selected models' weight that
     agrees with the answer (vote) or that answered in time with a finite output
-    (mean), so stragglers and NaNs lower it; 0 when no output was usable. On
-    feedback every model that answered has its weight multiplied by exp(-eta * loss).
+    (mean), so stragglers and NaNs lower it; 0 when no output was usable.
+
+    On feedback every model that answered has its weight multiplied by
+    exp(-eta * loss). With `eta` given, eta is that constant. By default it follows a
+    schedule (see `rate`): eta = max(min_eta, rate_scale * sqrt(ln K / (1 + L))), K
+    the linked models and L the loss the ensemble has paid so far (the state's
+    "ensemble_loss": each feedback adds the weighted mean loss of the models that
+    answered). The weights are those of Hedge at that rate, exp(-eta * cumulative
+    loss): when the rate falls, the log weights shrink with it, so an early leader
+    is not trusted for longer than its record deserves.
+
     A `combiner(outputs, weights)` replaces the vote/mean; it gets the weights of
     the models that answered, renormalised to sum to 1.
     """
@@ -255,29 +264,90 @@ class Exp4:
     def __init__(
         self,
         *,
-        eta: float = _defaults.EXP4_ETA,
+        eta: float | None = None,
         loss: Loss | None = None,
         combiner: Callable[[dict[str, Any], dict[str, float]], tuple[Any, float]] | None = None,
         max_log_gap: float = MAX_LOG_GAP,
+        rate_scale: float = _defaults.EXP4_RATE_SCALE,
+        min_eta: float = _defaults.EXP4_MIN_ETA,
     ) -> None:
-        if not eta > 0:
+        """Args:
+            eta: a constant learning rate (> 0); None (the default) for the schedule.
+            loss: loss(output, label) -> [0, 1]; `default_loss` when None.
+            combiner: replaces the vote/mean, see the class docstring.
+            max_log_gap: how far (> 0) a log weight may fall below the best one.
+            rate_scale: the schedule's scale (> 0); unused with `eta`.
+            min_eta: the schedule's floor (>= 0); unused with `eta`.
+
+        Raises:
+            ValueError: for an option out of its range.
+        """
+        if eta is not None and not eta > 0:
             raise ValueError(f"Exp4 eta must be > 0, got {eta!r}")
         if not max_log_gap > 0:
             raise ValueError(f"max_log_gap must be > 0, got {max_log_gap!r}")
+        if not (rate_scale > 0 and math.isfinite(rate_scale)):
+            raise ValueError(f"Exp4 rate_scale must be a finite number > 0, got {rate_scale!r}")
+        if not (min_eta >= 0 and math.isfinite(min_eta)):
+            raise ValueError(f"Exp4 min_eta must be a finite number >= 0, got {min_eta!r}")
         self.max_log_gap = max_log_gap
         self.eta = eta
+        self.rate_scale = rate_scale
+        self.min_eta = min_eta
         self.loss = loss or default_loss
         self.combiner = combiner
 
     def __repr__(self) -> str:
-        return f"Exp4(eta={self.eta!r})"
+        if self.eta is not None:
+            return f"Exp4(eta={self.eta!r})"
+        return f"Exp4(rate_scale={self.rate_scale!r}, min_eta={self.min_eta!r})"
 
     def init_state(self, models: list[str], previous: Any = None) -> dict[str, Any]:
-        return {"models": list(models), "log_weights": _carry_over(models, previous)}
+        state: dict[str, Any] = {
+            "models": list(models),
+            "log_weights": _carry_over(models, previous),
+        }
+        if self.eta is None:
+            paid = previous.get(ENSEMBLE_LOSS, 0.0) if isinstance(previous, dict) else 0.0
+            try:
+                state[ENSEMBLE_LOSS] = _ensemble_loss(paid)
+            except ValueError:
+                state[ENSEMBLE_LOSS] = 0.0
+        return state
 
     def restore_state(self, state: Any, models: list[str]) -> dict[str, Any]:
-        """A state saved by `get_policy_state`, checked against the linked models."""
-        return restore_weights(state, models, self.max_log_gap)
+        """A state saved by `get_policy_state`, checked against the linked models.
+
+        With the schedule, "ensemble_loss" may be given too (a finite number >= 0);
+        a state without it restarts the schedule at 0 with the weights as given.
+
+        Raises:
+            ValueError: naming what is wrong with the state.
+        """
+        if self.eta is None and isinstance(state, dict) and ENSEMBLE_LOSS in state:
+            weights = {k: v for k, v in state.items() if k != ENSEMBLE_LOSS}
+            restored = restore_weights(weights, models, self.max_log_gap)
+            try:
+                restored[ENSEMBLE_LOSS] = _ensemble_loss(state[ENSEMBLE_LOSS])
+            except ValueError as exc:
+                raise ValueError(f"'{ENSEMBLE_LOSS}' {exc}") from None
+            return restored
+        restored = restore_weights(state, models, self.max_log_gap)
+        if self.eta is None:
+            restored[ENSEMBLE_LOSS] = 0.0
+        return restored
+
+    def rate(self, state: dict[str, Any]) -> float:
+        """The learning rate the next feedback on `state` uses.
+
+        `eta` when one was given; otherwise max(min_eta, rate_scale * sqrt(ln K /
+        (1 + ensemble_loss))), with K the models in the state (at least 2).
+        """
+        if self.eta is not None:
+            return float(self.eta)
+        k = max(2, len(state["models"]))
+        paid = float(state.get(ENSEMBLE_LOSS, 0.0))
+        return max(self.min_eta, self.rate_scale * math.sqrt(math.log(k) / (1.0 + paid)))
 
     def select(self, state: dict[str, Any], x: Any) -> list[str]:
         return list(state["models"])
@@ -341,13 +411,52 @@ class Exp4:
     def observe(
         self, state: dict[str, Any], x: Any, y: Any, outputs: dict[str, Any]
     ) -> dict[str, Any]:
+        """The state after feedback y: each model in `outputs` pays rate * loss.
+
+        With the schedule, the ensemble's loss grows by the weighted mean loss of the
+        models that answered, and the log weights are rescaled by new rate / old rate.
+        """
         models = state["models"]
         log_weights = list(state["log_weights"])
+        eta = self.rate(state)
+        shares = _probabilities(log_weights)
+        paid = got = 0.0
         for name, output in outputs.items():
             if name in models:
                 i = models.index(name)
-                log_weights[i] -= self.eta * _check_loss(self.loss(output, y))
+                loss = _check_loss(self.loss(output, y))
+                log_weights[i] -= eta * loss
+                paid += shares[i] * loss
+                got += shares[i]
+        if self.eta is None:
+            ensemble_loss = float(state.get(ENSEMBLE_LOSS, 0.0)) + (paid / got if got > 0 else 0.0)
+            scale = self.rate({"models": models, ENSEMBLE_LOSS: ensemble_loss}) / eta
+            top = max(log_weights)
+            log_weights = [(w - top) * scale for w in log_weights]
+            return {
+                "models": list(models),
+                "log_weights": _normalised(log_weights, self.max_log_gap),
+                ENSEMBLE_LOSS: ensemble_loss,
+            }
         return {"models": list(models), "log_weights": _normalised(log_weights, self.max_log_gap)}
+
+
+#: The key of the schedule's state entry: the loss the ensemble has paid so far.
+ENSEMBLE_LOSS = "ensemble_loss"
+
+
+def _ensemble_loss(value: Any) -> float:
+    """A saved "ensemble_loss", checked: a finite number >= 0.
+
+    Raises:
+        ValueError: when it is not one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    return number
 
 
 #: Vote totals equal to this many decimal places (of the share of weight) are a tie,

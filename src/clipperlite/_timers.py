@@ -16,6 +16,17 @@ from typing import Any
 _COMPACT_MIN = 1024
 
 
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    """Give `fut` its value; one future that refuses (it is not ours to set, or was set
+    meanwhile) must not stop the timer from settling every other one."""
+    if fut.done():
+        return
+    try:
+        fut.set_result(value)
+    except (asyncio.InvalidStateError, RuntimeError):
+        pass
+
+
 class DeadlineTimer:
     """Sets `value` on each registered future that is still pending at its deadline."""
 
@@ -62,8 +73,7 @@ class DeadlineTimer:
         now = self._loop.time()
         while heap and heap[0][0] <= now:
             _, _, fut, value = heapq.heappop(heap)
-            if not fut.done():
-                fut.set_result(value)
+            _settle(fut, value)
         if heap:
             self._arm(heap[0][0])
 
@@ -71,8 +81,7 @@ class DeadlineTimer:
         """Give every pending future its value now (shutdown)."""
         heap, self._heap = self._heap, []
         for _, _, fut, v in heap:
-            if not fut.done():
-                fut.set_result(v if value is None else value)
+            _settle(fut, v if value is None else value)
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

@@ -308,6 +308,10 @@ class CacheStatistics:
     maxsize: int
     #: Queries being computed that identical queries may join.
     inflight: int
+    #: Estimated bytes of the cached keys and outputs now ...
+    nbytes: int = 0
+    #: ... and the most it keeps (`Clipper(cache_max_bytes=...)`).
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ def as_model_error(exc: BaseException) -> Exception:
     BaseExceptions (SystemExit, KeyboardInterrupt) are wrapped so they cannot end a
     replica or the loop, and so is StopIteration, which an asyncio future refuses.
     """
-    if isinstance(exc, StopIteration | StopAsyncIteration):
-        return RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
-    if isinstance(exc, Exception):
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration | StopAsyncIteration):
         return exc
-    return RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+    wrapped = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc  # its traceback, for the log
+    return wrapped
 
 
 def deliver(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -48,12 +48,28 @@ def reject_options(backend: str, options: dict[str, Any]) -> None:
         raise ClipperError(f"backend {backend!r} takes no backend_options, got {sorted(options)!r}")
 
 
+async def finish(aw: Awaitable[Any]) -> Any:
+    """Await `aw` to its end even if cancelled meanwhile (once, or again and again as an
+    anyio cancel scope does), then re-raise the cancellation: for cleanup that must not
+    be left running unwatched. `aw` must be bounded in time."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:  # noqa: PERF203 (cleanup, not a hot loop)
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
 async def started(replica: Any, start: Callable[[], Awaitable[None]]) -> Any:
     """Await `start()`; if it fails or is cancelled, stop the replica before raising, so
     no thread or process outlives a failed or cancelled deployment."""
     try:
         await start()
     except BaseException:
-        await asyncio.shield(replica.stop(1.0))
+        await finish(replica.stop(1.0))
         raise
     return replica

@@ -35,6 +35,10 @@ class _ChildProcess:
         self._conn_in: Connection | None = None
         self._conn_out: Connection | None = None
         self.restarts = 0
+        #: Set once the replica is being stopped: a worker killed then is not restarted.
+        self.stopping = False
+        #: The number of the last request, echoed by the worker in its reply.
+        self._seq = 0
 
     def start(self) -> None:
         """Start the process and wait until it has loaded the model."""
@@ -55,52 +59,80 @@ class _ChildProcess:
         # The parent's import path, so a model defined in any module the parent can import
         # (a test file, a notebook's helper module) loads in the worker too.
         self._conn_out.send_bytes(pickle.dumps((list(sys.path), self._payload)))
-        ok, value = self._receive()
+        _, ok, value = self._receive()
         if not ok:
             self.close()
             raise value
 
-    def _receive(self) -> tuple[bool, Any]:
+    def _receive(self) -> tuple[int, bool, Any]:
         assert self._conn_in is not None and self._proc is not None
         try:
             data = self._conn_in.recv_bytes()
         except (EOFError, OSError) as exc:
             code = self._proc.wait(timeout=5)
             raise WorkerDiedError(f"worker process {self._name} exited with code {code}") from exc
-        result: tuple[bool, Any] = pickle.loads(data)  # from our own child only
+        result: tuple[int, bool, Any] = pickle.loads(data)  # from our own child only
         return result
 
     def __call__(self, xs: list[Any]) -> Any:
         if self._proc is None or self._proc.poll() is not None:
-            self.close()
-            self.restarts += 1
-            self.start()  # replace a worker that died while idle
+            self.restart()  # replace a worker that died while idle
         assert self._conn_out is not None
+        self._seq += 1
+        seq = self._seq
         try:
-            self._conn_out.send_bytes(cloudpickle.dumps(xs, protocol=pickle.HIGHEST_PROTOCOL))
-            ok, value = self._receive()
+            payload = cloudpickle.dumps((seq, xs), protocol=pickle.HIGHEST_PROTOCOL)
+            self._conn_out.send_bytes(payload)
+            while True:
+                got, ok, value = self._receive()
+                if got == seq:
+                    break
+                # Not the reply to this request: a stray write (a process the model forked
+                # and that did not _exit), never handed to a query.
+                logger.warning(
+                    "clipperlite: worker process %s sent a reply out of turn (%r, expected"
+                    " %r); ignored",
+                    self._name,
+                    got,
+                    seq,
+                )
         except WorkerDiedError:
-            self._replace()
+            self.close()  # reported first; restarted after (restart_if_dead)
             raise
         except (BrokenPipeError, OSError) as exc:
-            self._replace()
+            self.close()
             raise WorkerDiedError(f"worker process {self._name} is gone: {exc}") from exc
         if ok:
             return value
         raise value
 
-    def _replace(self) -> None:
-        """Start a new worker now, so the next batch does not pay for it."""
+    @property
+    def dead(self) -> bool:
+        """Whether the worker is gone (and not yet replaced)."""
+        return self._proc is None or self._proc.poll() is not None
+
+    def restart(self) -> None:
+        """Replace a dead worker (run after its death was reported, before the next batch)."""
         self.close()
         self.restarts += 1
+        self.start()
+        logger.info("clipperlite: worker process %s replaced", self._name)
+
+    def restart_if_dead(self) -> None:
+        """Replace the worker if it died, logging rather than raising when that fails
+        (the next batch tries again)."""
+        if not self.dead or self.stopping:
+            return
         try:
-            self.start()
-        except Exception:  # tried again before the next batch
-            logger.exception("clipperlite: could not restart worker process %s", self._name)
+            self.restart()
+        except Exception:
+            if not self.stopping:  # else it was killed on purpose while it started
+                logger.exception("clipperlite: could not restart worker process %s", self._name)
             self.close()
 
     def kill(self) -> None:
-        """Kill the process now (safe from any thread)."""
+        """Kill the process now, for good: it is not restarted (safe from any thread)."""
+        self.stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -133,35 +165,47 @@ def _portable_error(exc: BaseException) -> BaseException:
 
 
 def child_main() -> None:
-    """Entry point of a worker process: load the model, then answer batches until EOF."""
+    """Entry point of a worker process: load the model, then answer batches until EOF.
+
+    Each reply carries the number of its request. A process the model forks and that
+    returns from the model instead of exiting is not the worker: it leaves at once,
+    writing nothing.
+    """
     conn_in = Connection(int(sys.argv[1]), writable=False)
     conn_out = Connection(int(sys.argv[2]), readable=False)
+    me = os.getpid()
     try:
         paths, payload = pickle.loads(conn_in.recv_bytes())
         sys.path[:0] = [p for p in paths if p not in sys.path]
         func = pickle.loads(payload)
     except Exception as exc:  # the model cannot be loaded here
-        conn_out.send_bytes(pickle.dumps((False, _portable_error(exc))))
+        conn_out.send_bytes(pickle.dumps((0, False, _portable_error(exc))))
         return
-    conn_out.send_bytes(pickle.dumps((True, None)))
+    conn_out.send_bytes(pickle.dumps((0, True, None)))
     while True:
         try:
-            xs = pickle.loads(conn_in.recv_bytes())
+            seq, xs = pickle.loads(conn_in.recv_bytes())
         except EOFError:
             return
         try:
-            reply = (True, func(xs))
+            reply = (seq, True, func(xs))
+            if os.getpid() != me:
+                os._exit(0)  # a fork of the model's that did not exit
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            data = pickle.dumps((False, _portable_error(exc)))
+        except BaseException as exc:  # a model's SystemExit must not end its worker
+            if os.getpid() != me:
+                os._exit(0)
+            if not isinstance(exc, Exception):
+                exc = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+            data = pickle.dumps((seq, False, _portable_error(exc)))
         conn_out.send_bytes(data)
 
 
 class ProcessReplica(ThreadReplica):
     """Runs a model in a worker process of its own (fed by a thread of the replica's own).
 
-    A process that dies is replaced before the next batch; the batch it was running
-    gets the "worker died" default.
+    A process that dies is reported first (the batch it was running gets the "worker
+    died" default at once) and replaced after, before the next batch.
     """
 
     def __init__(self, func: Callable[[list[Any]], Any], name: str) -> None:
@@ -177,6 +221,9 @@ class ProcessReplica(ThreadReplica):
 
     def _teardown(self) -> None:
         self._child.close(1.0)
+
+    def _after_batch(self) -> None:
+        self._child.restart_if_dead()
 
     @property
     def restarts(self) -> int:

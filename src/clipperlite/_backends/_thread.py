@@ -49,6 +49,10 @@ class ThreadReplica:
     def _teardown(self) -> None:
         """Runs last on the worker thread."""
 
+    def _after_batch(self) -> None:
+        """Runs on the worker thread after each batch's result was handed back (a
+        subclass may repair its worker here, once the failure is reported)."""
+
     def _force_stop(self) -> bool:
         """Free a worker stuck in its model call, if this kind of replica can."""
         return False
@@ -89,6 +93,7 @@ class ThreadReplica:
                 result, ok = as_model_error(exc), False
             loop.call_soon_threadsafe(deliver, fut, ok, result)
             del item, fut, xs, result
+            self._after_batch()
 
     async def run_batch(self, xs: list[Any]) -> BatchResult:
         assert self._loop is not None

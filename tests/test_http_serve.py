@@ -1,0 +1,262 @@
+"""A real `clipperlite serve` process on loopback, driven by Clipper's own clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="the http extra is not installed")
+pytest.importorskip("uvicorn", reason="the http extra is not installed")
+requests = pytest.importorskip("requests", reason="requests (a test need) is not installed")
+
+TESTS = Path(__file__).parent
+IN_FLIGHT = 6
+
+
+def free_port() -> int:
+    """A port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def command() -> list[str]:
+    """The `clipperlite` console script of this environment, or `python -m clipperlite`."""
+    script = Path(sys.executable).parent / "clipperlite"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "clipperlite"]
+
+
+class Server:
+    """A `clipperlite serve http_service:make` subprocess on a free loopback port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.entered, self.release = tmp / "entered", tmp / "release"
+        env = {
+            **os.environ,
+            "CLIPPERLITE_TEST_ENTERED": str(self.entered),
+            "CLIPPERLITE_TEST_RELEASE": str(self.release),
+        }
+        self.process = subprocess.Popen(
+            [*command(), "serve", "http_service:make", "--port", str(self.port),
+             "--log-level", "warning"],
+            cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll /health until it is 200 (fail if the process ends or time runs out)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                pytest.fail(f"clipperlite serve exited: {self.output()}")
+            try:
+                if requests.get(f"http://{self.addr}/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        pytest.fail("clipperlite serve did not become healthy in time")
+
+    def output(self) -> str:
+        """What the process printed (once it has ended)."""
+        assert self.process.stdout is not None
+        return self.process.stdout.read().decode(errors="replace")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A running server; killed at teardown if the test did not stop it."""
+    s = Server(tmp_path)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        if s.process.poll() is None:
+            s.process.kill()
+        s.process.wait(10)
+        assert s.process.stdout is not None
+        s.process.stdout.close()
+
+
+def example_client_predict(addr: str, x: Any, batch: bool = False) -> str:
+    """Clipper's example_client.py `predict`, unchanged but for returning the answer."""
+    url = "http://%s/simple-example/predict" % addr  # noqa: UP031 (Clipper's own line)
+    if batch:
+        req_json = json.dumps({"input_batch": x})
+    else:
+        req_json = json.dumps({"input": list(x)})
+    headers = {"Content-type": "application/json"}
+    r = requests.post(url, headers=headers, data=req_json)
+    return str(r.text)
+
+
+def test_clippers_clients_work_and_sigterm_answers_every_query(server: Server) -> None:
+    """curl and example_client.py's loop are answered; SIGTERM waits for queries in flight."""
+    curl = shutil.which("curl")
+    if curl is not None:
+        out = subprocess.run(
+            [curl, "-s", "-X", "POST", "--header", "Content-Type:application/json",
+             "-d", '{"input": [1.1, 2.2, 3.3]}', f"{server.addr}/hello-world/predict"],
+            capture_output=True, check=True, timeout=30,
+        )  # fmt: skip
+        assert out.stdout == b'{"query_id":0,"output":6.6,"default":false}'
+
+    for i in range(20):  # example_client.py's loop, with batches of 1 to 5 inputs
+        batch = [[float(i), float(j)] for j in range(i % 5 + 1)]
+        answer = json.loads(example_client_predict(server.addr, batch, batch=True))
+        outputs = [p["output"] for p in answer["batch_predictions"]]
+        assert outputs == [float(i + j) for j in range(i % 5 + 1)]
+        assert not any(p["default"] for p in answer["batch_predictions"])
+    assert json.loads(example_client_predict(server.addr, [1.0, 2.0]))["output"] == 3.0
+
+    # Queries held in flight: one in the model, the others queued behind it.
+    answers: list[Any] = []
+
+    def send(i: int) -> None:
+        r = requests.post(f"http://{server.addr}/slow/predict", json={"input": [float(i)]})
+        answers.append((r.status_code, r.json()))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(IN_FLIGHT)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: server.entered.exists())
+    wait_for(lambda: queued(server) == IN_FLIGHT - first_batch(server))
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)  # the server is now shutting down, the queries still held
+    assert server.process.poll() is None
+    server.release.touch()
+    for t in threads:
+        t.join(30)
+    assert server.process.wait(30) == 0, server.output()
+    assert len(answers) == IN_FLIGHT
+    assert all(status == 200 for status, _ in answers), answers
+    assert sorted(a["output"] for _, a in answers if not a["default"]) == [
+        float(i) for i in range(IN_FLIGHT)
+    ]
+
+
+def first_batch(server: Server) -> int:
+    """The size of the first batch the held model took."""
+    return int(server.entered.read_text().split()[0])
+
+
+def queued(server: Server) -> int:
+    """The held model's queue length, from /metrics."""
+    text = requests.get(f"http://{server.addr}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith('clipperlite_queue_length{model="slow"'):
+            return int(float(line.split()[-1]))
+    return -1
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> None:
+    """Poll `check` until it is true (fail after `timeout` seconds)."""
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_the_server_with_status_0(server: Server) -> None:
+    """SIGINT (Ctrl-C) stops the server gracefully, with no traceback."""
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(30) == 0
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("nomodule_here:make", "no module named"), ("http_service:nothing", "no attribute"),
+     ("http_service", "module:attribute"), ("http_service:time", "serve takes")],
+)  # fmt: skip
+def test_a_bad_target_is_a_message_not_a_traceback(target: str, message: str) -> None:
+    """A target that names nothing servable prints what is wrong and exits non-zero."""
+    out = subprocess.run(
+        [*command(), "serve", target], cwd=TESTS, capture_output=True, timeout=60, text=True
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_without_the_extra_serve_prints_the_install_line(tmp_path: Path) -> None:
+    """With starlette unimportable, `clipperlite serve` prints the pip line and exits non-zero."""
+    (tmp_path / "starlette.py").write_text("raise ImportError('starlette is not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "clipperlite", "serve", "http_service:make"],
+        cwd=TESTS, env=env, capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "pip install 'clipperlite[http]'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- in-process: what the command does before uvicorn runs -------------------------------
+
+
+def test_as_asgi_takes_a_clipper_a_factory_or_an_app() -> None:
+    """A Clipper and a factory become create_app apps; an ASGI app passes through."""
+    from starlette.applications import Starlette
+
+    from clipperlite import Clipper
+    from clipperlite.http import create_app
+    from clipperlite.http._serve import as_asgi
+
+    async def factory() -> Clipper:
+        return await Clipper().start()
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    app = create_app(Clipper())
+    assert isinstance(as_asgi(Clipper()), Starlette)
+    assert isinstance(as_asgi(factory), Starlette)
+    assert as_asgi(app) is app
+    assert as_asgi(asgi) is asgi
+    with pytest.raises(TypeError, match="serve takes"):
+        as_asgi(42)
+
+
+def test_serve_refuses_an_unknown_log_level() -> None:
+    """A log level uvicorn does not know is a ValueError before anything binds."""
+    from clipperlite import Clipper
+    from clipperlite.http import serve
+
+    with pytest.raises(ValueError, match="log_level"):
+        serve(Clipper(), log_level="loud")
+
+
+def test_the_command_reports_a_bad_target_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """`main(["serve", ...])` with a target that is not servable prints why, status 2."""
+    from clipperlite import __main__ as cli
+
+    assert cli.main(["serve", "json:dumps.__name__"]) == 2
+    assert "serve takes" in capsys.readouterr().err
+
+
+def test_the_command_without_the_extra_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With clipperlite.http unimportable, `main(["serve", ...])` prints the pip line."""
+    import clipperlite
+    from clipperlite import __main__ as cli
+
+    monkeypatch.setitem(sys.modules, "clipperlite.http", None)
+    monkeypatch.delattr(clipperlite, "http", raising=False)
+    assert cli.main(["serve", "http_service:make"]) == 1
+    assert "pip install 'clipperlite[http]'" in capsys.readouterr().err
