@@ -178,8 +178,7 @@ class Batcher:
         if self._idle:
             _set_none(self._idle.popleft())
         if self._filling and (
-            len(queue) >= n
-            or q.deadline - self._lead(q.deadline - q.arrival) < self._fill_until
+            len(queue) >= n or q.deadline - self._lead(q.deadline - q.arrival) < self._fill_until
         ):  # a full batch, or a query that cannot wait as long as the replicas planned
             for f in self._filling:
                 _set_none(f)

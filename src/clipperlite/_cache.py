@@ -65,9 +65,7 @@ class PredictionCache(Generic[T]):
             raise ValueError(f"cache_max_bytes must be an int >= 1, got {max_bytes!r}")
         self._size = size
         self._max_bytes = max_bytes if max_bytes is not None else 2**62
-        self._lru: OrderedDict[Hashable, tuple[Any, int]] | None = (
-            OrderedDict() if size else None
-        )
+        self._lru: OrderedDict[Hashable, tuple[Any, int]] | None = OrderedDict() if size else None
         self._bytes = 0
         self._inflight: dict[Hashable, T] = {}
 
