@@ -142,6 +142,11 @@ class LoadResult:
     cpu_wait_ms_per_s: float
     loop_cpu_us_per_query: float
     hook: Any = None
+    #: Per measured query: scheduled arrival (s from the start), latency (s, inf if
+    #: unfinished) and whether it was a default (for windowed figures: the load step).
+    arrivals: Any = None
+    latencies_s: Any = None
+    default_mask: Any = None
 
     @property
     def default_fraction(self) -> float:
@@ -252,6 +257,7 @@ async def run_load(
     timeout: float = 30.0,
     on_measure: Callable[[], Any] | None = None,
     predict: Callable[[str, Any], Awaitable[Any]] | None = None,
+    schedule: np.ndarray | None = None,
 ) -> LoadResult:
     """Offer `rate` queries/s to `app` (open loop, Poisson) and measure them.
 
@@ -260,7 +266,9 @@ async def run_load(
     query i's input when it is fired. `slo_micros` (for the SLO-miss count) defaults
     to the app's. `on_measure()` is called when the first measured query fires (e.g.
     to snapshot `clipper.metrics()`); its return value is `LoadResult.hook`. The run
-    gives up waiting `timeout` seconds after the last arrival.
+    gives up waiting `timeout` seconds after the last arrival. `schedule` replaces the
+    Poisson arrivals with given offsets (seconds from the start, increasing; `rate`
+    is then only reported), e.g. a load step.
     """
     if count is None and duration is None:
         raise ValueError("give a count, a duration or both")
@@ -272,7 +280,7 @@ async def run_load(
     # Enough arrivals for the warm-up and the measured phase, then cut at the ends.
     span = warmup + (duration if duration is not None else count / rate)  # type: ignore[operator]
     guess = int(span * rate + 8 * math.sqrt(span * rate) + 16)
-    offs = arrival_offsets(rate, guess, seed)
+    offs = arrival_offsets(rate, guess, seed) if schedule is None else np.asarray(schedule)
     warm = int(np.searchsorted(offs, warmup, side="left"))
     end = len(offs)
     if duration is not None:
@@ -373,6 +381,9 @@ async def run_load(
         cpu_wait_ms_per_s=rq_wait * 1e3 / max(span_s, 1e-9),
         loop_cpu_us_per_query=loop_cpu * 1e6 / measured,
         hook=hook,
+        arrivals=offs[m],
+        latencies_s=np.where(np.isnan(col.latency[m]), np.inf, col.latency[m]),
+        default_mask=dflt,
     )
 
 

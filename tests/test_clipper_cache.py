@@ -179,3 +179,60 @@ async def test_a_tight_caller_joining_a_queued_query_moves_it_ahead(clipper: Cli
     assert not tight.default, tight.default_explanation
     assert tight.output.tolist() == [11.0]
     await asyncio.gather(*backlog)
+
+
+async def test_callers_of_one_running_query_each_get_their_own_deadline(
+    clipper: Clipper,
+) -> None:
+    """Identical queries with different SLOs share one model call, and each caller gets
+    the default at its own deadline: the first (tight) one is not held to the joiner's
+    later deadline, nor the joiner to the first one's."""
+    gate = threading.Event()
+
+    def held(xs: list[Any]) -> list[float]:
+        gate.wait(5)
+        return [first(x) for x in xs]
+
+    await clipper.deploy_model("m", 1, "doubles", held)
+    clipper.register_application("tight", "doubles", -1.0, 100_000)
+    clipper.register_application("loose", "doubles", -2.0, 600_000)
+    clipper.link_model_to_app("tight", "m")
+    clipper.link_model_to_app("loose", "m")
+    t0 = time.perf_counter()
+    a = asyncio.create_task(clipper.predict("tight", [3.0]))
+    await asyncio.sleep(0.02)  # running now, held by the gate
+    b = asyncio.create_task(clipper.predict("loose", [3.0]))  # joins, due later
+    pa = await a
+    took_a = time.perf_counter() - t0
+    assert pa.default and pa.output == -1.0
+    assert "deadline" in (pa.default_explanation or "")
+    assert took_a < 0.4  # at its own 100 ms deadline, not the joiner's 600 ms
+    assert not b.done()
+    gate.set()
+    pb = await b
+    assert (pb.default, pb.output) == (False, 3.0)
+
+
+async def test_a_tight_joiner_of_a_held_query_gets_its_default_on_time(clipper: Clipper) -> None:
+    """A caller joining an identical query with a tighter SLO than its first caller's
+    gets the default at its own deadline while the first caller waits on."""
+    gate = threading.Event()
+
+    def held(xs: list[Any]) -> list[float]:
+        gate.wait(5)
+        return [first(x) for x in xs]
+
+    await clipper.deploy_model("m", 1, "doubles", held)
+    clipper.register_application("tight", "doubles", -1.0, 100_000)
+    clipper.register_application("loose", "doubles", -2.0, 2_000_000)
+    clipper.link_model_to_app("tight", "m")
+    clipper.link_model_to_app("loose", "m")
+    first_caller = asyncio.create_task(clipper.predict("loose", [4.0]))
+    await asyncio.sleep(0.02)
+    t0 = time.perf_counter()
+    joiner = await clipper.predict("tight", [4.0])
+    assert joiner.default and joiner.output == -1.0
+    assert time.perf_counter() - t0 < 0.4
+    assert not first_caller.done()
+    gate.set()
+    assert (await first_caller).output == 4.0

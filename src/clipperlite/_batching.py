@@ -39,6 +39,22 @@ logger = logging.getLogger("clipperlite")
 
 RunBatch = Callable[[list[Any]], Awaitable[Any]]
 
+# Constant failure records: a refusal or a drop allocates nothing.
+_SHUTTING_DOWN = Failure(DefaultCause.SHUTDOWN, "is shutting down")
+_NO_REPLICA = Failure(DefaultCause.NO_REPLICA, "has no running replica")
+_WOULD_MISS = Failure(
+    DefaultCause.WOULD_MISS,
+    "could not meet its deadline: the queries queued ahead of it take longer than it has left",
+)
+_DOOMED = Failure(
+    DefaultCause.WOULD_MISS,
+    "could not meet its deadline: its batch would take longer than it had left",
+)
+_EXPIRED = Failure(DefaultCause.DEADLINE, "did not answer before the deadline")
+_LATE = Failure(DefaultCause.DEADLINE, "did not answer within the deadline")
+_CANCELLED = Failure(CANCELLED, "query was cancelled by its caller")
+_STOPPED = Failure(DefaultCause.SHUTDOWN, "was stopped while running this query")
+
 
 def _set_none(fut: asyncio.Future[None]) -> None:
     if not fut.done():
@@ -122,6 +138,13 @@ class Batcher:
         self._fill_until = math.inf
         self._running: set[tuple[Query, ...]] = set()
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The queue's deadline timer, armed for its earliest deadline.
+        self._due: asyncio.TimerHandle | None = None
+        self._due_at = math.inf
+        self._full = Failure(DefaultCause.QUEUE_FULL, f"has a full queue (max_queue={max_queue})")
+        #: The fit's latency of a full batch, refreshed after each batch (admission reads it).
+        self._full_latency = 0.0
 
     # -- admission -----------------------------------------------------------------
     @property
@@ -133,28 +156,29 @@ class Batcher:
     def submit(self, q: Query) -> Failure | None:
         """Queue a query, or say why it cannot be (no replica, queue full, closing)."""
         if self.closed:
-            return Failure(DefaultCause.SHUTDOWN, "is shutting down")
+            return _SHUTTING_DOWN
         if not self.replicas:
-            return Failure(DefaultCause.NO_REPLICA, "has no running replica")
+            return _NO_REPLICA
         queue = self.queue
         if len(queue) >= self.max_queue:
             self._shed(queue.shed_expired(self.clock()))
             if len(queue) >= self.max_queue:
                 self.stats.rejected += 1
-                return Failure(
-                    DefaultCause.QUEUE_FULL, f"has a full queue (max_queue={self.max_queue})"
-                )
-        ewma = self.stats.latency_ewma
-        if ewma and len(queue) >= self.sizer.max_batch:
-            failure = self._admit(q, ewma)
-            if failure is not None:
-                return failure
+                return self._full
+        n = self.sizer.max_batch
+        if len(queue) >= n:
+            # Estimated from the fit of the model's latency against batch size.
+            latency = self._full_latency
+            if latency > 0.0 and self._would_miss(q, n, latency):
+                self.stats.would_miss += 1
+                return _WOULD_MISS
         queue.push(q)
+        if q.deadline < self._due_at:
+            self._arm(q.deadline)
         if self._idle:
             _set_none(self._idle.popleft())
         if self._filling and (
-            len(queue) >= self.sizer.max_batch
-            or q.deadline - self._lead(q.deadline - q.arrival) < self._fill_until
+            len(queue) >= n or q.deadline - self._lead(q.deadline - q.arrival) < self._fill_until
         ):  # a full batch, or a query that cannot wait as long as the replicas planned
             for f in self._filling:
                 _set_none(f)
@@ -168,46 +192,53 @@ class Batcher:
         a busy machine: 2 ms, or 5% of the time left if more)."""
         return 1.5 * self.stats.latency_ewma + max(2 * _TIMER_RESOLUTION_S, 0.05 * left)
 
-    def _admit(self, q: Query, batch_latency: float) -> Failure | None:
-        """Refuse a query that cannot make its deadline: the full batches queued ahead of
-        it (by EDF) and its own take about a batch latency each. Optimistic (the batch
-        now running is not counted), and the batches ahead keep the estimate fresh."""
-        queue = self.queue
+    def _would_miss(self, q: Query, n: int, batch_latency: float) -> bool:
+        """Whether a query cannot make its deadline: the full batches queued ahead of it
+        (by EDF) and its own take about a batch latency each. Optimistic (the batch now
+        running is not counted); O(1) for a query that joins the end of the queue."""
         left = q.deadline - self.clock()
-        per_batch = self.sizer.max_batch * max(1, len(self.replicas))
+        per_batch = n * max(1, len(self.replicas))
         # Its own batch takes a batch latency too, so it misses if this many or more are
         # served before it.
         limit = int(max(0.0, left) / batch_latency) * per_batch
-        if len(queue) < limit:
-            return None
-        ahead = queue.count_ahead(q.deadline, limit)
-        if ahead < limit:
-            return None
-        self.stats.would_miss += 1
-        wait = (ahead // per_batch + 1) * batch_latency
-        return Failure(
-            DefaultCause.WOULD_MISS,
-            f"could not meet its deadline: {ahead}+ queries are queued ahead, an expected"
-            f" {wait * 1e3:.1f} ms to answer against {max(0.0, left) * 1e3:.1f} ms left",
-        )
+        if len(self.queue) < limit:
+            return False
+        return self.queue.count_ahead(q.deadline, limit) >= limit
+
+    # -- deadlines ---------------------------------------------------------------------
+    def _arm(self, when: float) -> None:
+        """Arm the queue's one deadline timer for `when` (its earliest deadline)."""
+        if self._due is not None:
+            self._due.cancel()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._due_at = when
+        # In the batcher's clock (the loop's in service; a test's fake clock otherwise).
+        self._due = loop.call_later(when - self.clock(), self._queue_due)
+
+    def _queue_due(self) -> None:
+        """The queue's earliest deadline came: answer what expired, re-arm for the next."""
+        self._due = None
+        self._due_at = math.inf
+        dropped = self.queue.expire(self.clock())
+        if dropped:
+            self._shed(dropped)
+        due = self.queue.earliest_deadline()
+        if due is not None and not self.closed:
+            self._arm(due)
 
     def _shed(self, dropped: Sequence[tuple[Query, DefaultCause | _Dropped]]) -> None:
         for q, cause in dropped:
             if cause is DefaultCause.DEADLINE:
                 self.stats.expired += 1
-                q.resolve(Failure(DefaultCause.DEADLINE, "did not answer before the deadline"))
+                q.resolve(_EXPIRED)
             elif cause is DefaultCause.WOULD_MISS:
                 self.stats.would_miss += 1
-                q.resolve(
-                    Failure(
-                        DefaultCause.WOULD_MISS,
-                        "could not meet its deadline: a batch takes about"
-                        f" {self.stats.latency_ewma * 1e3:.1f} ms, more than it had left",
-                    )
-                )
+                q.resolve(_DOOMED)
             else:
                 self.stats.cancelled += 1
-                q.resolve(Failure(CANCELLED, "query was cancelled by its caller"))
+                q.resolve(_CANCELLED)
 
     # -- the pull loop ---------------------------------------------------------------
     async def serve(self, slot: ReplicaSlot) -> None:
@@ -251,7 +282,8 @@ class Batcher:
                     if slot.stopping or self.closed:
                         break
                     n = self.sizer.max_batch
-            batch, dropped = queue.pop_batch(n, self.clock(), self.stats.latency_ewma)
+            lead = self.sizer.estimate(min(n, len(queue)))
+            batch, dropped = queue.pop_batch(n, self.clock(), lead)
             if dropped:
                 self._shed(dropped)
             if batch:
@@ -340,13 +372,18 @@ class Batcher:
     async def _run(self, run_batch: RunBatch, batch: list[Query]) -> None:
         key = tuple(batch)
         self._running.add(key)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        due = _BatchDue(batch, loop, self.clock)  # one timer per batch: callers answered on time
         try:
             await self._run_inner(run_batch, batch)
         except BaseException:
             for q in batch:  # cancelled mid-batch (a stop): nobody may be left hanging
-                q.resolve(Failure(DefaultCause.SHUTDOWN, "was stopped while running this query"))
+                q.resolve(_STOPPED)
             raise
         finally:
+            due.cancel()
             self._running.discard(key)
 
     async def _run_inner(self, run_batch: RunBatch, batch: list[Query]) -> None:
@@ -362,8 +399,9 @@ class Batcher:
             ewma = stats.latency_ewma
             # One stall (a garbage collection) must not make many queries look doomed.
             stats.latency_ewma = latency if not ewma else 0.8 * ewma + 0.2 * min(latency, 4 * ewma)
-            # AIMD grows only on a full batch; any batch at or over budget shrinks it.
-            self.sizer.observe(n, latency)
+            sizer = self.sizer
+            sizer.observe(n, latency, len(self.queue))
+            self._full_latency = sizer.estimate(sizer.max_batch)
             self.history.append(
                 BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), False)
             )
@@ -442,4 +480,45 @@ class Batcher:
     def close(self) -> None:
         """Refuse new queries and wake every replica so its loop can end."""
         self.closed = True
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
         self.wake_all()
+
+
+class _BatchDue:
+    """The deadline timer of one running batch: at each of its queries' deadlines, the
+    callers still waiting get the deadline failure (the query runs on: its late output
+    is still cached). Armed for the batch's first query (EDF: the earliest due); it
+    only ever fires for a batch running past a deadline."""
+
+    __slots__ = ("_batch", "_clock", "_handle", "_loop")
+
+    def __init__(self, batch: list[Query], loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
+        self._batch = batch
+        self._loop = loop
+        self._clock = clock
+        self._handle: asyncio.TimerHandle | None = loop.call_later(
+            batch[0].priority - clock(), self._fire
+        )
+
+    def _fire(self) -> None:
+        now = self._clock()
+        following = math.inf
+        for q in self._batch:
+            if q.state == DONE:
+                continue
+            if q.deadline <= now:
+                for w in q.waiters:
+                    if not w.done():
+                        w.set_result(_LATE)
+            elif q.deadline < following:
+                following = q.deadline
+        self._handle = (
+            self._loop.call_later(following - now, self._fire) if following < math.inf else None
+        )
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

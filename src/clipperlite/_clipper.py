@@ -445,8 +445,7 @@ class Clipper:
         self._check_loop("stop a model")
         stopping = self._registry.take_out_of_service(name, version)
         for mv in stopping:
-            key = mv.version_key
-            self._cache.drop(lambda k, key=key: k[0] == name and k[1] == key)
+            self._cache.drop(mv.owns_key)
         failure = Failure(DefaultCause.NO_REPLICA, "was stopped")
         await asyncio.gather(*(self._retire(mv, self._grace, failure) for mv in stopping))
 
@@ -540,14 +539,22 @@ class Clipper:
             a = registry.app(app)
         xv = a.validate(x, app)
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
-        if context is None:
+        if context is not None:
+            _check_context(app, context)
             return await self._processor.answer(  # type: ignore[union-attr]
-                a, xv, next(self._ids), t0, t0 + slo
+                a, xv, next(self._ids), t0, t0 + slo, context
             )
-        _check_context(app, context)
-        return await self._processor.answer(  # type: ignore[union-attr]
-            a, xv, next(self._ids), t0, t0 + slo, context
-        )
+        proc: QueryProcessor = self._processor  # type: ignore[assignment]
+        qid = next(self._ids)
+        deadline = t0 + slo
+        name = proc.sole_model(a)
+        if name is None:
+            return await proc.answer(a, xv, qid, t0, deadline)
+        # One linked model and nothing to choose: this coroutine is the query's only one.
+        got = proc.begin(a, name, xv, qid, t0, deadline)
+        if got.__class__ is Prediction:
+            return got
+        return proc.conclude(a, name, qid, t0, deadline, await got)  # type: ignore[misc]
 
     async def predict_batch(
         self,

@@ -118,10 +118,37 @@ def _why(items: Any, input_type: str) -> str:
     return _bad_element(items, input_type) or "its elements are of mixed or unsupported types"
 
 
+#: Element types a list may hold for the fast path of each type (np.array then cannot
+#: accept what the full check would refuse; floats need the float32 range check).
+_FAST_LIST: dict[str, frozenset[type]] = {
+    "doubles": frozenset((float, int)),
+    "integers": frozenset((int,)),
+}
+_FAST_FAIL = (OverflowError, ValueError, TypeError)
+
+
 def _numeric_validator(input_type: str) -> Validator:
     dtype, kinds = _NUMERIC[input_type]
+    fast_list = _FAST_LIST.get(input_type)
 
     def validate(x: Any, app: str) -> np.ndarray:
+        # Fast paths for the common inputs: a 1-D array of the type's own dtype, and a
+        # list of Python floats (doubles) or ints (integers); anything else, or anything
+        # they cannot convert, takes the full check below.
+        t = type(x)
+        if t is np.ndarray:
+            if x.ndim == 1 and x.dtype == dtype and x.size:
+                out: np.ndarray = x.copy()
+                out.flags.writeable = False
+                return out
+        elif t is list and fast_list is not None and x and fast_list.issuperset(map(type, x)):
+            try:
+                out = np.array(x, dtype=dtype)
+            except _FAST_FAIL:
+                pass
+            else:
+                out.flags.writeable = False
+                return out
         if isinstance(x, np.ndarray) and x.dtype.kind == "O" and x.ndim == 1:
             x = x.tolist()  # Python objects in an array: check them as a list's
         if isinstance(x, np.ndarray):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from . import _defaults
@@ -15,6 +15,8 @@ from ._queue import Query
 from ._types import Backend, BatchRecord, DefaultCause, Failure, ModelStatistics, Replica
 
 logger = logging.getLogger("clipperlite")
+
+_STOPPED = Failure(DefaultCause.NO_REPLICA, "is not deployed (it was stopped)")
 
 
 class ServingReplica:
@@ -73,6 +75,9 @@ class ModelVersion:
         self.backend_name = backend_name
         #: Whether its outputs may be cached.
         self.cache = cache
+        #: Starts every cache key of this deployment (its serial), so a key of a validated
+        #: numeric or bytes input is one bytes object: no tuple per query.
+        self.cache_prefix = serial.to_bytes(8, "little", signed=True)
         self.batch_size = batch_size
         self.sizer: AIMD | FixedBatchSize = (
             FixedBatchSize(batch_size)
@@ -117,10 +122,23 @@ class ModelVersion:
         if isinstance(self.sizer, AIMD):
             self.sizer.budget = budget_for(slo, self.batch_wait)
 
+    def cache_key(self, key: Hashable) -> Hashable:
+        """The cache key of an input key for this deployment (a batch of a stopped
+        deployment finishing late must not answer for a new one of the same version)."""
+        if key.__class__ is bytes:
+            return self.cache_prefix + key
+        return (self.cache_prefix, key)
+
+    def owns_key(self, k: Hashable) -> bool:
+        """Whether a cache key is one of this deployment's."""
+        if k.__class__ is bytes:
+            return k.startswith(self.cache_prefix)
+        return isinstance(k, tuple) and len(k) == 2 and k[0] == self.cache_prefix
+
     def submit(self, q: Query) -> Failure | None:
         """Queue a query for this version, or say why it cannot be."""
         if self.stopped:
-            return Failure(DefaultCause.NO_REPLICA, "is not deployed (it was stopped)")
+            return _STOPPED
         return self.batcher.submit(q)
 
     async def _add_replica(self) -> None:
@@ -381,7 +399,7 @@ class ModelVersion:
             items=s.items,
             mean_batch_size=(s.items / s.batches) if s.batches else 0.0,
             max_batch_size=self.sizer.max_batch,
-            batch_latency_micros=s.latency_ewma * 1e6,
+            batch_latency_micros=self.sizer.estimate(self.sizer.max_batch) * 1e6,
             batch_budget_micros=(self.sizer.budget * 1e6 if isinstance(self.sizer, AIMD) else None),
             queue_length=len(self.batcher.queue),
             errors=s.errors,

@@ -13,15 +13,19 @@ from ._cache import PredictionCache
 from ._clock import MICROS
 from ._errors import ClipperError
 from ._model import ModelVersion
-from ._queue import DONE, Query
+from ._queue import DONE, QUEUED, Query
 from ._registry import App, Model, Served
+from ._selection import Exp3
 from ._timers import DeadlineTimer
-from ._types import DefaultCause, Failure, Prediction
+from ._types import DefaultCause, Failure, Prediction, make_prediction
 
 logger = logging.getLogger("clipperlite")
 
 _MISS = PredictionCache.MISS
 _LATE = Failure(DefaultCause.DEADLINE, "did not answer within the deadline")
+_NOT_DEPLOYED = Failure(DefaultCause.NO_REPLICA, "is not deployed")
+#: Explanations remembered (one per app, model version, failure and SLO), then cleared.
+_EXPLAINED_MAX = 4096
 #: `outputs()` computes the input's key itself.
 _NO_KEY: Any = object()
 
@@ -54,6 +58,104 @@ class QueryProcessor:
         self._loop = loop
         self._timer = timer
         self.clock = loop.time
+        self._settle_cb = self._settle  # one bound method, not one per query
+        self._explained: dict[tuple[Any, ...], str] = {}
+
+    # -- the fast path: one linked model, Exp3 (no choice to make) -------------------------
+    @staticmethod
+    def sole_model(a: App) -> str | None:
+        """The model every query of `a` goes to when there is no choice to make: one
+        linked model under the built-in Exp3 (which would select it and return its
+        output with confidence 1); None otherwise (the policy is asked)."""
+        links = a.links
+        if len(links) == 1 and a.policy.__class__ is Exp3:
+            return links[0]
+        return None
+
+    def begin(
+        self, a: App, name: str, xv: Any, qid: int, t0: float, deadline: float
+    ) -> Prediction | asyncio.Future[Any]:
+        """Start a query of `a` on its sole model `name`: its Prediction when known at once
+        (a cache hit, a refusal), else a future whose result goes to `conclude`."""
+        model = self._models.get(name)
+        mv = model.current_version() if model is not None else None
+        if mv is None:
+            return self._failed(a, qid, t0, deadline, name, None, _NOT_DEPLOYED)
+        ck = None
+        cache = self._cache
+        if mv.cache and cache.enabled:
+            key = a.key(xv)
+            if key is not None:
+                ck = mv.cache_key(key)
+                out = cache.get(ck)
+                if out is not _MISS:
+                    mv.cache_hits += 1
+                    return self._answered(a, qid, t0, out)
+                mv.cache_misses += 1
+                q = cache.pending(ck)
+                if q is not None and q.state != DONE and q.deadline > t0:
+                    return self._join(q, mv, deadline)
+        q = Query(xv, deadline, t0, self._settle_cb if ck is not None else None, ck)
+        fut = self._loop.create_future()
+        q.waiters.append(fut)
+        failure = mv.submit(q)
+        if failure is not None:
+            return self._failed(a, qid, t0, deadline, name, mv, failure)
+        if ck is not None:
+            cache.begin(ck, q)
+        return fut
+
+    def conclude(
+        self, a: App, name: str, qid: int, t0: float, deadline: float, got: Any
+    ) -> Prediction:
+        """The Prediction of a query `begin` left waiting, from what its future got."""
+        if got.__class__ is Failure:
+            model = self._models.get(name)
+            mv = model.current_version() if model is not None else None
+            return self._failed(a, qid, t0, deadline, name, mv, got)
+        return self._answered(a, qid, t0, got)
+
+    def _answered(self, a: App, qid: int, t0: float, out: Any) -> Prediction:
+        stats = a.stats
+        stats.answered += 1
+        stats.queries += 1
+        latency = (self.clock() - t0) * MICROS
+        stats.latency.record(latency)
+        return make_prediction(qid, out, False, None, 1, 1.0, latency, None)
+
+    def _failed(
+        self,
+        a: App,
+        qid: int,
+        t0: float,
+        deadline: float,
+        name: str,
+        mv: ModelVersion | None,
+        failure: Failure,
+    ) -> Prediction:
+        cause = failure.cause
+        assert isinstance(cause, DefaultCause)  # a cancelled query has no caller left
+        if cause is DefaultCause.DEADLINE and not a.slo_warned:
+            self._warn_slo(a, name, mv)
+        return self._default(a, qid, t0, cause, self._explain(a, name, mv, failure, deadline - t0))
+
+    def _join(self, q: Query, mv: ModelVersion, deadline: float) -> asyncio.Future[Any]:
+        """Wait for an identical query in flight (single flight), answered by `deadline`.
+
+        The batcher's timers answer a query's callers at its latest deadline; a joiner
+        (rare) has a timer entry of its own, and so has the first caller once a joiner
+        due later extends the query past the first caller's deadline."""
+        fut = self._loop.create_future()
+        q.waiters.append(fut)
+        timer = self._timer
+        timer.add(deadline, fut, _LATE)
+        if deadline > q.deadline:
+            if q.deadline == q.due:
+                timer.add(q.due, q.waiters[0], _LATE)
+            if q.state != QUEUED:
+                q.deadline = deadline  # running: lives on for this caller
+        mv.batcher.queue.reschedule(q, deadline)
+        return fut
 
     @staticmethod
     def select(a: App, xv: Any, state: Any) -> list[str]:
@@ -133,7 +235,7 @@ class QueryProcessor:
             )
         a.stats.answered += 1
         latency = self._record(a, t0)
-        return Prediction(qid, answer, False, None, len(outputs), confidence, latency)
+        return make_prediction(qid, answer, False, None, len(outputs), confidence, latency, None)
 
     async def outputs(
         self,
@@ -205,9 +307,7 @@ class QueryProcessor:
         if keyer is not None and mv.cache:
             key = keyer(xv)
         if key is not None and mv.cache:
-            # The deployment's serial too: a batch of a stopped deployment finishing late
-            # must not answer for a new deployment of the same version.
-            ck = (name, mv.version_key, mv.serial, key)
+            ck = mv.cache_key(key)
             out = cache.get(ck)
             if out is not _MISS:
                 mv.cache_hits += 1
@@ -215,11 +315,8 @@ class QueryProcessor:
             mv.cache_misses += 1
             q = cache.pending(ck)
             if q is not None and q.state != DONE and q.deadline > now:
-                fut = self._loop.create_future()
-                q.waiters.append(fut)
-                mv.batcher.queue.reschedule(q, deadline)
-                return None, mv, fut
-        q = Query(xv, deadline, now, self._settle if ck is not None else None, ck)
+                return None, mv, self._join(q, mv, deadline)
+        q = Query(xv, deadline, now, self._settle_cb if ck is not None else None, ck)
         fut = self._loop.create_future()
         q.waiters.append(fut)
         failure = mv.submit(q)
@@ -316,7 +413,9 @@ class QueryProcessor:
         defaults = a.stats.defaults
         defaults[cause] = defaults.get(cause, 0) + 1
         latency = self._record(a, t0)
-        return Prediction(qid, a.default(), True, explanation, models, confidence, latency, cause)
+        return make_prediction(
+            qid, a.default(), True, explanation, models, confidence, latency, cause
+        )
 
     def _record(self, a: App, t0: float) -> float:
         """Count one query of app `a` that started at t0; its latency in microseconds."""
@@ -324,6 +423,20 @@ class QueryProcessor:
         a.stats.queries += 1
         a.stats.latency.record(latency)
         return latency
+
+    def _explain(
+        self, a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float
+    ) -> str:
+        """The explanation of a default, built once per app, model version, failure and
+        SLO (a refusal or a deadline under overload costs a lookup, not a format)."""
+        key = (a.name, name, None if mv is None else mv.serial, failure, round(slo * MICROS))
+        explained = self._explained
+        text = explained.get(key)
+        if text is None:
+            if len(explained) >= _EXPLAINED_MAX:
+                explained.clear()
+            text = explained[key] = self._format(a, name, mv, failure, slo)
+        return text
 
     @staticmethod
     def _warn_slo(a: App, name: str, mv: ModelVersion | None) -> None:
@@ -347,7 +460,7 @@ class QueryProcessor:
         )
 
     @staticmethod
-    def _explain(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:
+    def _format(a: App, name: str, mv: ModelVersion | None, failure: Failure, slo: float) -> str:
         model = f"model {name!r}" if mv is None else f"model {name!r} (version {mv.version!r})"
         if failure.cause is DefaultCause.DEADLINE:
             return (

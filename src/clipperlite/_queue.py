@@ -6,8 +6,10 @@ Pure logic (no event loop, no clock of its own): tests step it with plain number
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ class Query:
     __slots__ = (
         "arrival",
         "deadline",
+        "due",
         "key",
         "on_done",
         "priority",
@@ -48,8 +51,8 @@ class Query:
         self.key = key
         #: The latest deadline of its callers (past it, nobody can use the output) ...
         self.deadline = deadline
-        #: ... and the earliest, which orders it in the queue.
-        self.priority = deadline
+        #: ... and the earliest, which orders it in the queue; `due` is its first caller's.
+        self.priority = self.due = deadline
         self.arrival = arrival
         self.waiters: list[asyncio.Future[Any]] = []
         self.seq = 0
@@ -80,17 +83,30 @@ class Query:
         )
 
 
+#: `Query.seq` of a query that lives in the in-order lane (not in the heap).
+_IN_LANE = -1
+#: Consumed lane slots kept before the lane list is compacted.
+_LANE_COMPACT = 1024
+
+
 class EDFQueue:
     """Queries in earliest-deadline-first order, first-in first-out on equal deadlines.
 
-    Entries are removed lazily: a query taken, resolved or re-scheduled leaves a stale
-    heap entry that is skipped when it surfaces.
+    Two lanes, merged at their heads: queries pushed in deadline order (every query of
+    an app with one SLO, the common case) are appended to a plain list, with no heap
+    entry and no tuple per query; a query due before the last one appended goes to a
+    heap of (deadline, seq, query). Entries are removed lazily: a query taken,
+    resolved or re-scheduled leaves a stale entry that is skipped when it surfaces.
     """
 
-    __slots__ = ("_fifo", "_heap", "_live", "_seq")
+    __slots__ = ("_fifo", "_head", "_heap", "_lane", "_live", "_seq", "_tail")
 
     def __init__(self, *, track_arrivals: bool = True) -> None:
         self._heap: list[tuple[float, int, Query]] = []
+        self._lane: list[Query] = []
+        self._head = 0
+        #: The latest deadline appended to the lane (every live heap entry is earlier).
+        self._tail = -math.inf
         #: Queries in arrival order, for `oldest_arrival` (delayed batching only needs it).
         self._fifo: deque[Query] | None = deque() if track_arrivals else None
         self._live = 0
@@ -101,10 +117,21 @@ class EDFQueue:
 
     def push(self, q: Query) -> None:
         """Add a query."""
-        q.seq = seq = next(self._seq)
         q.state = QUEUED
-        q.priority = q.deadline
-        heapq.heappush(self._heap, (q.deadline, seq, q))
+        deadline = q.priority = q.deadline
+        if not self._live:  # nothing live is left in either lane: start afresh
+            if self._head:
+                self._lane.clear()
+                self._head = 0
+            self._heap.clear()
+            self._tail = -math.inf
+        if deadline >= self._tail:
+            q.seq = _IN_LANE
+            self._lane.append(q)
+            self._tail = deadline
+        else:
+            q.seq = seq = next(self._seq)
+            heapq.heappush(self._heap, (deadline, seq, q))
         if self._fifo is not None:
             self._fifo.append(q)
         self._live += 1
@@ -118,14 +145,77 @@ class EDFQueue:
             q.deadline = deadline
         if deadline < q.priority:
             q.priority = deadline
-            q.seq = seq = next(self._seq)
+            q.seq = seq = next(self._seq)  # its lane entry, if any, is stale now
             heapq.heappush(self._heap, (deadline, seq, q))
 
-    def count_ahead(self, deadline: float, stop: int) -> int:
-        """How many queued queries EDF serves before one due at `deadline`, counting no
-        further than `stop` (O(stop): it walks only the heap nodes due by then)."""
+    def _front(self) -> Query | None:
+        """The live query EDF serves next (not taken), dropping stale entries on the way."""
         heap = self._heap
-        count = 0
+        while heap:
+            _, seq, hq = heap[0]
+            if hq.seq == seq and hq.state == QUEUED:
+                break
+            heapq.heappop(heap)
+        lane, h = self._lane, self._head
+        end = len(lane)
+        while h < end:
+            lq = lane[h]
+            if lq.seq == _IN_LANE and lq.state == QUEUED:
+                break
+            h += 1
+        if h > _LANE_COMPACT and 2 * h > end:
+            del lane[:h]
+            h = 0
+            end = len(lane)
+        self._head = h
+        if heap and (h >= end or heap[0][0] < lane[h].priority):
+            return heap[0][2]
+        return lane[h] if h < end else None
+
+    def _take(self, q: Query) -> None:
+        """Remove `q`, the front that `_front` returned."""
+        if q.seq == _IN_LANE:
+            self._head += 1
+        else:
+            heapq.heappop(self._heap)
+        q.state = TAKEN
+        self._live -= 1
+
+    def _take_up_to(self, k: int) -> list[Query]:
+        """Take up to k live queries in EDF order (a tight loop over the in-order lane
+        when the heap is empty, the common case)."""
+        taken: list[Query] = []
+        if self._heap:
+            front, take = self._front, self._take
+            while len(taken) < k and (q := front()) is not None:
+                take(q)
+                taken.append(q)
+            return taken
+        lane, h = self._lane, self._head
+        end = len(lane)
+        while h < end and len(taken) < k:
+            q = lane[h]
+            h += 1
+            if q.seq == _IN_LANE and q.state == QUEUED:
+                q.state = TAKEN
+                taken.append(q)
+        self._live -= len(taken)
+        if h > _LANE_COMPACT and 2 * h > end:
+            del lane[:h]
+            h = 0
+        self._head = h
+        return taken
+
+    def count_ahead(self, deadline: float, stop: int) -> int:
+        """About how many queued queries EDF serves before one due at `deadline`, counting
+        no further than `stop`: O(1) when it would be appended to the in-order lane (all
+        queued are ahead), else a bisection of that lane plus a walk of the heap's nodes
+        due by then (stale entries may be counted: an estimate)."""
+        if deadline >= self._tail:
+            return min(self._live, stop)
+        lane = self._lane
+        count = bisect.bisect_right(lane, deadline, lo=self._head, key=_priority) - self._head
+        heap = self._heap
         todo = [0] if heap else []
         while todo and count < stop:
             i = todo.pop()
@@ -139,11 +229,12 @@ class EDFQueue:
                 todo.append(child)
                 if child + 1 < len(heap):
                     todo.append(child + 1)
-        return count
+        return min(count, stop)
 
     def earliest_deadline(self) -> float | None:
-        """The earliest deadline queued (possibly of a query already gone: an estimate)."""
-        return self._heap[0][0] if self._heap else None
+        """The earliest deadline (of its earliest caller) queued, or None when empty."""
+        q = self._front()
+        return q.priority if q is not None else None
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the oldest query still queued."""
@@ -163,24 +254,23 @@ class EDFQueue:
         batch latency), unless that would leave the batch empty: one such query still
         runs, so the latency estimate behind `lead` keeps being measured.
         """
-        heap = self._heap
         batch: list[Query] = []
         dropped: list[tuple[Query, DefaultCause | _Dropped]] = []
         doomed: list[Query] = []
-        while heap and len(batch) < n:
-            _deadline, seq, q = heapq.heappop(heap)
-            if q.seq != seq or q.state != QUEUED:
-                continue
-            q.state = TAKEN
-            self._live -= 1
-            if q.deadline <= now:
-                dropped.append((q, DefaultCause.DEADLINE))
-            elif not q.alive():
-                dropped.append((q, CANCELLED))
-            elif q.deadline <= now + lead:
-                doomed.append(q)
-            else:
-                batch.append(q)
+        soon = now + lead
+        while len(batch) < n and self._live:
+            taken = self._take_up_to(n - len(batch))
+            if not taken:
+                break
+            for q in taken:
+                if q.deadline <= now:
+                    dropped.append((q, DefaultCause.DEADLINE))
+                elif not q.alive():
+                    dropped.append((q, CANCELLED))
+                elif q.deadline <= soon:
+                    doomed.append(q)
+                else:
+                    batch.append(q)
         if doomed:
             if not batch:
                 batch.append(doomed.pop())
@@ -196,34 +286,56 @@ class EDFQueue:
     def drain(self) -> list[Query]:
         """Take every queued query, in EDF order."""
         out = []
-        while self._heap:
-            _, seq, q = heapq.heappop(self._heap)
-            if q.seq == seq and q.state == QUEUED:
-                q.state = TAKEN
-                out.append(q)
+        while (q := self._front()) is not None:
+            self._take(q)
+            out.append(q)
         self._live = 0
+        self._lane.clear()
+        self._head = 0
+        self._heap.clear()
         if self._fifo is not None:
             self._fifo.clear()
         return out
 
     def shed_expired(self, now: float) -> list[tuple[Query, DefaultCause | _Dropped]]:
         """Remove queries from the front of the queue that are past their deadline or have
-        no waiter left (O(k log n) for k removed; cancelled queries deeper in are left)."""
-        heap = self._heap
+        no waiter left (O(k) for k removed; cancelled queries deeper in are left)."""
         dropped: list[tuple[Query, DefaultCause | _Dropped]] = []
-        while heap:
-            _deadline, seq, q = heap[0]
-            if q.seq != seq or q.state != QUEUED:
-                heapq.heappop(heap)
-                continue
+        while (q := self._front()) is not None:
             if q.deadline <= now:
                 dropped.append((q, DefaultCause.DEADLINE))
             elif not q.alive():
                 dropped.append((q, CANCELLED))
             else:
                 break
-            heapq.heappop(heap)
-            q.state = TAKEN
-            self._live -= 1
+            self._take(q)
         self._trim()
         return dropped
+
+    def expire(self, now: float) -> list[tuple[Query, DefaultCause | _Dropped]]:
+        """What the queue's deadline timer does at `now`: remove every query at the front
+        whose earliest caller is due (expired or without a waiter); a query that a later
+        caller keeps alive moves back to that caller's deadline (its earlier callers have
+        timers of their own). Returns those removed; `earliest_deadline()` is when to
+        come back."""
+        dropped: list[tuple[Query, DefaultCause | _Dropped]] = []
+        while (q := self._front()) is not None and q.priority <= now:
+            if q.deadline <= now:
+                dropped.append((q, DefaultCause.DEADLINE))
+            elif not q.alive():
+                dropped.append((q, CANCELLED))
+            else:
+                self._take(q)
+                self._live += 1
+                q.state = QUEUED
+                q.priority = q.deadline
+                q.seq = seq = next(self._seq)
+                heapq.heappush(self._heap, (q.deadline, seq, q))
+                continue
+            self._take(q)
+        self._trim()
+        return dropped
+
+
+def _priority(q: Query) -> float:
+    return q.priority
