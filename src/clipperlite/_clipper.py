@@ -30,7 +30,7 @@ from ._query_processor import QueryProcessor
 from ._queue import Query
 from ._registry import DeploySpec, Registry, count, positive, version_key
 from ._selection import SelectionPolicy
-from ._timers import DeadlineTimer
+from ._timers import DeadlineTimer, Heartbeat
 from ._types import (
     BatchRecord,
     CacheStatistics,
@@ -109,6 +109,7 @@ class Clipper:
         #: The thread of that loop (configuration calls while running belong to it).
         self._thread: int | None = None
         self._timer: DeadlineTimer | None = None
+        self._heartbeat: Heartbeat | None = None
         self._processor: QueryProcessor | None = None
         self._stopping: asyncio.Task[None] | None = None
 
@@ -138,6 +139,7 @@ class Clipper:
         self._thread = threading.get_ident()
         self._clock = loop.time
         self._timer = DeadlineTimer(loop)
+        self._heartbeat = Heartbeat(loop, _defaults.HEARTBEAT_S)
         self._processor = QueryProcessor(self._cache, self._registry.models, loop, self._timer)
         self._state = _State.RUNNING
         return self
@@ -170,6 +172,8 @@ class Clipper:
         if self._timer is not None:
             self._timer.expire_all()
             self._timer.close()
+        if self._heartbeat is not None:
+            self._heartbeat.close()
 
     aclose = stop
 
@@ -539,6 +543,9 @@ class Clipper:
             a = registry.app(app)
         xv = a.validate(x, app)
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
+        beat: Heartbeat = self._heartbeat  # type: ignore[assignment]
+        if t0 - beat.last > slo * _defaults.SHED_LAG_SHARE + _defaults.HEARTBEAT_S:
+            return self._processor.shed(a, next(self._ids), t0, beat.lag(t0))  # type: ignore[union-attr]
         if context is not None:
             _check_context(app, context)
             return await self._processor.answer(  # type: ignore[union-attr]

@@ -400,6 +400,17 @@ class QueryProcessor:
                 f.remove_done_callback(one_done)
                 _expire(f, _LATE)
 
+    def shed(self, a: App, qid: int, t0: float, lag: float) -> Prediction:
+        """A query refused at entry because the event loop is too far behind (a flood)."""
+        return self._default(
+            a,
+            qid,
+            t0,
+            DefaultCause.WOULD_MISS,
+            f"app {a.name!r}: shed at entry: the event loop is {lag * 1e3:.0f} ms behind"
+            " (a flood of queries), so this query could not meet its deadline",
+        )
+
     def _default(
         self,
         a: App,

@@ -94,3 +94,33 @@ class DeadlineTimer:
             self._handle.cancel()
             self._handle = None
         self._armed_at = float("inf")
+
+
+class Heartbeat:
+    """How far behind the event loop is: a beat every `period` seconds records when it
+    ran, so `lag(now)` is how long callbacks have been kept waiting (0 when the loop
+    keeps up). A flood of queries entering in one loop iteration shows as a growing
+    lag long before any timer could fire."""
+
+    __slots__ = ("_handle", "_loop", "_period", "last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self._loop = loop
+        self._period = period
+        #: When the last beat ran (loop time).
+        self.last = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_later(period, self._beat)
+
+    def _beat(self) -> None:
+        self.last = self._loop.time()
+        self._handle = self._loop.call_later(self._period, self._beat)
+
+    def lag(self, now: float) -> float:
+        """Seconds the loop is behind at `now` (beyond one beat period)."""
+        return max(0.0, now - self.last - self._period)
+
+    def close(self) -> None:
+        """Stop beating."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
