@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -112,14 +111,23 @@ async def test_slo_micros_is_passed_through(client: Any) -> None:
 
 
 @pytest.mark.anyio
-async def test_context_is_passed_through_when_the_clipper_takes_one(client: Any) -> None:
-    """A context reaches predict when the Clipper supports contexts, else it is a 400 saying so."""
+async def test_context_is_passed_through(client: Any, clipper: Clipper) -> None:
+    """A "context" in predict, input_batch and update bodies reaches the Clipper: that
+    context gets a policy state of its own."""
+    assert clipper.get_policy_state("hello-world", "user-1") is None
     r = await client.post("/hello-world/predict", json={"input": [1.0], "context": "user-1"})
-    if "context" in inspect.signature(Clipper.predict).parameters:
-        assert r.status_code == 200
-    else:
-        assert r.status_code == 400
-        assert "not supported" in r.json()["cause"]
+    assert r.status_code == 200
+    assert clipper.get_policy_state("hello-world", "user-1") is not None
+    r = await client.post(
+        "/hello-world/predict", json={"input_batch": [[1.0], [2.0]], "context": "user-2"}
+    )
+    assert r.status_code == 200
+    assert clipper.get_policy_state("hello-world", "user-2") is not None
+    r = await client.post(
+        "/hello-world/update", json={"input": [1.0], "label": 1.0, "context": "user-3"}
+    )
+    assert r.status_code == 200
+    assert clipper.get_policy_state("hello-world", "user-3") is not None
 
 
 # -- update ----------------------------------------------------------------------------------------

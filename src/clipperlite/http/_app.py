@@ -9,7 +9,6 @@ fault (503: the Clipper is not running).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -45,11 +44,6 @@ class _BodyTooLarge(Exception):
     """The request body is over `max_body_bytes`."""
 
 
-def _accepts_context(method: Callable[..., Any]) -> bool:
-    """Whether a Clipper call takes `context=` (contexts arrive with another release)."""
-    return "context" in inspect.signature(method).parameters
-
-
 class _Frontend:
     """The state behind the routes: the Clipper once known, who stops it, its metrics."""
 
@@ -69,10 +63,6 @@ class _Frontend:
         self.registry = CollectorRegistry()
         if self.clipper is not None:
             self.registry.register(ClipperCollector(self.clipper))
-        cls = type(target) if isinstance(target, Clipper) else Clipper
-        self.context_predict = _accepts_context(cls.predict)
-        self.context_batch = _accepts_context(cls.predict_batch)
-        self.context_feedback = _accepts_context(cls.feedback)
 
     # -- lifespan ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -147,12 +137,6 @@ class _Frontend:
             if req.slo_micros is not None:
                 options["slo_micros"] = req.slo_micros
             if req.context is not None:
-                if not (self.context_batch if req.batch else self.context_predict):
-                    raise RequestError(
-                        "malformed request",
-                        "'context' is not supported by this clipperlite"
-                        + (" with 'input_batch'" if self.context_predict else ""),
-                    )
                 options["context"] = req.context
             if req.batch:
                 predictions = await clipper.predict_batch(name, req.inputs, **options)
@@ -169,10 +153,6 @@ class _Frontend:
             req = _codec.decode_update(body, input_type)
             options: dict[str, Any] = {}
             if req.context is not None:
-                if not self.context_feedback:
-                    raise RequestError(
-                        "malformed request", "'context' is not supported by this clipperlite"
-                    )
                 options["context"] = req.context
             await clipper.feedback(name, req.input, req.label, **options)
             return _json(200, {"ok": True})
