@@ -14,6 +14,9 @@ app       model(s)                                    faults its inputs may carr
 ``tgt``   thread, fixed batches of 4 x 5 ms, 60 ms    raise, wrong length (bursts here are
           SLO                                         refused: queue full or would miss)
 ``none``  no linked model                             -
+``opq``   ``async def`` on "any" inputs               outputs that are asyncio futures (then a
+                                                      cache hit); an input list its caller
+                                                      changes after a deadline default
 ========  ==========================================  =========================================
 
 A fault rides on the input: every input is ``[code, param, nonce]`` and a model
@@ -262,6 +265,25 @@ def make_async_model(
     return model
 
 
+async def opaque_model(xs: list[Any]) -> list[Any]:
+    """The ``opq`` app's model ("any" inputs ``[kind, n]``): for "future" it answers with
+    an asyncio future holding n (an output that looks like an internal waiter); for
+    "slow" it answers n after 50 ms (past a short SLO, so the late batch lands in the
+    cache after its caller got the default)."""
+    loop = asyncio.get_running_loop()
+    if any(kind == "slow" for kind, _ in xs):
+        await asyncio.sleep(0.05)
+    out: list[Any] = []
+    for kind, n in xs:
+        if kind == "future":
+            fut = loop.create_future()
+            fut.set_result(n)
+            out.append(fut)
+        else:
+            out.append(n)
+    return out
+
+
 async def clean_async_model(xs: list[Any]) -> list[int]:
     """The healthy half of the ensemble: ignores fault codes."""
     return [int(x[2]) for x in xs]
@@ -363,7 +385,7 @@ class _Round:
         self.ids: set[int] = set()
         self.returned: Counter[str] = Counter()
         self.answered_by_app: Counter[str] = Counter()
-        self.defaults_by_app: dict[str, Counter[str]] = {a: Counter() for a in SLOS}
+        self.defaults_by_app: dict[str, Counter[str]] = {a: Counter() for a in (*SLOS, "opq")}
         self.pending: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self.stop_started = 0.0
@@ -535,6 +557,57 @@ class _Round:
             else:
                 await self.one(app)
 
+    async def opaque_prober(self) -> None:
+        """Values handed over that are not what they seem, on the ``opq`` app: model
+        outputs that are asyncio futures (answered again from the cache, they must come
+        back as the same opaque value), and an "any" input its caller changes after a
+        deadline default (the late batch must cache the answer for the input as it was)."""
+        t = self.tally
+        while not self.stopping and self.sent < self.budget:
+            self.nonce += 1
+            n = self.nonce
+            try:
+                first = await self.ask_opaque(["future", n])
+                again = await self.ask_opaque(["future", n])  # a cache hit
+                reused = ["slow", n]
+                await self.ask_opaque(reused, slo_micros=5_000)
+                reused[1] = -n  # the caller reuses its list after the default
+                await asyncio.sleep(0.08)  # the late batch finishes and is cached
+                cached = await self.ask_opaque(["slow", n])
+            except ClipperClosedError:
+                return
+            t.faults["future_output"] += 2
+            t.faults["reused_any_input"] += 1
+            for p in (first, again):
+                out = p.output
+                if not p.default and not (isinstance(out, asyncio.Future) and out.result() == n):
+                    t.wrong_answers.append(f"opq: a future output came back as {out!r}")
+            if not cached.default and cached.output != n:
+                t.wrong_answers.append(
+                    f"opq: input ['slow', {n}] answered {cached.output!r} after its first"
+                    " caller changed its list"
+                )
+            await asyncio.sleep(0.01)
+
+    async def ask_opaque(self, x: list[Any], **options: Any) -> Prediction:
+        """One query of the ``opq`` app, recorded as soon as it is answered."""
+        t = self.tally
+        p = await self.clipper.predict("opq", x, **options)
+        t.outcomes["prediction"] += 1
+        if p.query_id in self.ids:
+            t.twice += 1
+        self.ids.add(p.query_id)
+        self.returned["opq"] += 1
+        if p.default:
+            cause = str(p.default_cause) if p.default_cause is not None else "unknown"
+            self.defaults_by_app["opq"][cause] += 1
+            if cause not in CAUSES or "opq" not in (p.default_explanation or ""):
+                t.unexplained.append(f"opq: {p!r}")
+        else:
+            t.answered += 1
+            self.answered_by_app["opq"] += 1
+        return p
+
     async def stopper(self) -> None:
         assert self.stop_at is not None
         await eventually(lambda: self.sent >= self.stop_at * self.budget, timeout=600)
@@ -570,6 +643,9 @@ class _Round:
         await c.deploy_model("ens-a", 1, "doubles", make_model(), num_replicas=2)
         await c.deploy_model("ens-b", 1, "doubles", clean_async_model)
         await c.deploy_model("tgt", 1, "doubles", make_model(work_s=0.005), batch_size=4)
+        c.register_application("opq", "any", -1, 1_000_000)
+        await c.deploy_model("opq", 1, "any", opaque_model)
+        c.link_model_to_app("opq", "opq")
         for app, models in (
             ("thr", ["thr"]),
             ("asy", ["asy"]),
@@ -663,6 +739,7 @@ class _Round:
         try:
             await self.deploy()
             jobs = [loop.create_task(self.caller()) for _ in range(self.workers)]
+            jobs.append(loop.create_task(self.opaque_prober()))
             if self.stop_at is not None:
                 jobs.append(loop.create_task(self.stopper()))
             done, late = await asyncio.wait(jobs, timeout=max(120.0, self.budget / 50))

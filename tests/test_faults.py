@@ -42,7 +42,10 @@ async def test_seeded_campaign_keeps_every_promise() -> None:
     assert tally.problems() == {}
     assert tally.queries >= 8_000
     # The generator really injected every kind of fault and caller misbehaviour...
-    for kind in ("raise", "hang", "wrong_length", "not_list", "kill", "slow_replica_batch"):
+    for kind in (
+        *("raise", "hang", "wrong_length", "not_list", "kill", "slow_replica_batch"),
+        *("stop_iteration", "self_cancel", "fork", "future_output", "reused_any_input"),
+    ):
         assert tally.faults[kind] > 0, kind
     for behaviour in ("cancel", "burst_predicts", "burst_predict_batch", "stop_mid_load"):
         assert tally.caller[behaviour] > 0, behaviour

@@ -17,8 +17,8 @@ it. For each server it reports the highest offered rate whose p99 stays within t
 SLO with no error and no default, and, at a low rate, sequential round trips: the
 frontend's added latency per request over the same query awaited in-process.
 
-    python benchmarks/http.py            # ~2-3 minutes
-    python benchmarks/http.py --quick    # smoke run, well under a minute
+    python benchmarks/http_frontend.py            # ~2-3 minutes
+    python benchmarks/http_frontend.py --quick    # smoke run, well under a minute
 
 Every figure is measured in the same run; the summary gives the ratios.
 """
