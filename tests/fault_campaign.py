@@ -172,6 +172,8 @@ def cause_of(explanation: str | None) -> tuple[str | None, str]:
         return app, "shutdown"
     if rest.startswith("policy "):
         return app, "policy_error"
+    if rest.startswith("shed at entry: the event loop is"):
+        return app, "would_miss"
     if rest.startswith("confidence "):
         return app, "low_confidence"
     mm = _MODEL.match(rest)

@@ -70,6 +70,7 @@ def test_cause_of_reads_every_explanation_format() -> None:
         "app 'a': model 'm' (version 1) queue is full (5 queries)": "queue_full",
         "app 'a': model 'm' (version 1) has a full queue (max_queue=5)": "queue_full",
         "app 'a': model 'm' (version 1) could not meet its deadline: 9 queries": "would_miss",
+        "app 'a': shed at entry: the event loop is 34 ms behind (a flood)": "would_miss",
         "app 'a': model 'm' (version 1) has no running replica": "no_replica",
         "app 'a': model 'm' is not deployed": "no_replica",
         "app 'a': the Clipper is shutting down (query for model 'm' not answered)": "shutdown",
