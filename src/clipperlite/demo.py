@@ -273,7 +273,7 @@ def report(
     cache = metrics["cache"]
     print(f"  cache: {cache['size']:,} of {cache['maxsize']:,} entries used")
     print(
-        "  (AIMD raises 'max batch' by 2 after each full batch that ran well inside its budget;"
+        "  (AIMD raises 'max batch' after each full batch that ran well inside its budget;"
         "\n   at this load a replica seldom finds more than one query waiting, so batches stay"
         " small.)"
     )
