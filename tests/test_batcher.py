@@ -39,13 +39,16 @@ class FakeModel:
 
 
 async def run(batcher: Batcher, model: FakeModel, queries: list[Query]) -> list[Any]:
-    """Serve `queries` on one replica and return what each query's caller got."""
+    """Serve `queries` on one replica and return what each query's caller got; a model
+    with a gate runs nothing until every query is queued."""
     slot = ReplicaSlot(model, "replica")
     batcher.replicas.append(slot)
     task = asyncio.get_running_loop().create_task(batcher.serve(slot))
     try:
         for q in queries:
             assert batcher.submit(q) is None
+        if model.gate is not None:
+            model.gate.set()
         return [await q.waiters[0] for q in queries]
     finally:
         batcher.close()
@@ -65,16 +68,7 @@ async def test_outputs_fan_out_and_the_model_time_drives_aimd() -> None:
     batcher = Batcher(sizer, clock=clock)
     model = FakeModel(seconds=0.001)
     model.gate = asyncio.Event()
-    qs = [query(i) for i in range(6)]
-    slot = ReplicaSlot(model, "r")
-    batcher.replicas.append(slot)
-    task = asyncio.get_running_loop().create_task(batcher.serve(slot))
-    for q in qs:
-        batcher.submit(q)
-    model.gate.set()
-    got = [await q.waiters[0] for q in qs]
-    batcher.close()
-    await task
+    got = await run(batcher, model, [query(i) for i in range(6)])
     assert got == [i * 10 for i in range(6)]
     assert [len(b) for b in model.batches] == [2, 4]  # full batch of 2, under budget: 2 x 2
     assert sizer.max_batch == 8  # slow start: doubling, well within what the fit allows
@@ -122,16 +116,7 @@ async def test_a_poison_input_fails_alone() -> None:
     batcher = Batcher(FixedBatchSize(4), clock=FakeClock())
     model = FakeModel(poison=3)
     model.gate = asyncio.Event()
-    qs = [query(i) for i in range(4)]
-    slot = ReplicaSlot(model, "r")
-    batcher.replicas.append(slot)
-    task = asyncio.get_running_loop().create_task(batcher.serve(slot))
-    for q in qs:
-        batcher.submit(q)
-    model.gate.set()
-    got = [await q.waiters[0] for q in qs]
-    batcher.close()
-    await task
+    got = await run(batcher, model, [query(i) for i in range(4)])
     assert got[:3] == [0, 10, 20]
     assert isinstance(got[3], Failure) and got[3].cause is DefaultCause.MODEL_ERROR
     assert "ValueError: poisoned" in got[3].detail

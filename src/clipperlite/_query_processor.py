@@ -77,33 +77,13 @@ class QueryProcessor:
     ) -> Prediction | asyncio.Future[Any]:
         """Start a query of `a` on its sole model `name`: its Prediction when known at once
         (a cache hit, a refusal), else a future whose result goes to `conclude`."""
-        model = self._models.get(name)
-        mv = model.current_version() if model is not None else None
-        if mv is None:
-            return self._failed(a, qid, t0, deadline, name, None, _NOT_DEPLOYED)
-        ck = None
-        cache = self._cache
-        if mv.cache and cache.enabled:
-            key = a.key(xv)
-            if key is not None:
-                ck = mv.cache_key(key)
-                out = cache.get(ck)
-                if out is not _MISS:
-                    mv.cache_hits += 1
-                    return self._answered(a, qid, t0, out)
-                mv.cache_misses += 1
-                q = cache.pending(ck)
-                if q is not None and q.state != DONE and q.deadline > t0:
-                    return self._join(q, mv, deadline)
-        q = Query(xv, deadline, t0, self._settle_cb if ck is not None else None, ck)
-        fut = self._loop.create_future()
-        q.waiters.append(fut)
-        failure = mv.submit(q)
-        if failure is not None:
-            return self._failed(a, qid, t0, deadline, name, mv, failure)
-        if ck is not None:
-            cache.begin(ck, q)
-        return fut
+        keyer = a.key if self._cache.enabled else None
+        got, mv, waiter = self._start(name, xv, None, t0, deadline, keyer)
+        if waiter is not None:
+            return waiter  # the batcher's timers (or the joiner's own) keep its deadline
+        if type(got) is Failure:
+            return self._failed(a, qid, t0, deadline, name, mv, got)
+        return self._answered(a, qid, t0, got)
 
     def conclude(
         self, a: App, name: str, qid: int, t0: float, deadline: float, got: Any
@@ -257,8 +237,7 @@ class QueryProcessor:
                 got, mv, waiter = self._start(name, xv, None, now, deadline, a.key)
             else:
                 got, mv, waiter = self._start(name, xv, key, now, deadline)
-            if waiter is not None:
-                self._timer.add(deadline, waiter, _LATE)
+            if waiter is not None:  # its deadline is kept as in `begin`
                 got = await waiter
             if type(got) is Failure:
                 return {}, [(name, mv, got)]
@@ -301,7 +280,7 @@ class QueryProcessor:
         model = self._models.get(name)
         mv = model.current_version() if model is not None else None
         if mv is None:
-            return Failure(DefaultCause.NO_REPLICA, "is not deployed"), None, None
+            return _NOT_DEPLOYED, None, None
         ck = None
         cache = self._cache
         if keyer is not None and mv.cache:
