@@ -46,13 +46,16 @@ class PredictionCache(Generic[T]):
     (single flight); the token is whatever the caller uses to wait (a queued query).
     `size=0` disables caching and coalescing alike.
 
-    The LRU is an `OrderedDict` of (output, bytes) with a running byte total: hits move
-    to the end and evictions pop the front, in C; a miss and its insert cost about a
-    quarter of `cachetools.LRUCache`'s, whose bookkeeping is Python code, on the path
-    of every query.
+    The LRU is an `OrderedDict` of outputs with a running byte total: hits move to the
+    end and evictions pop the front, in C; a miss and its insert cost about a quarter
+    of `cachetools.LRUCache`'s, whose bookkeeping is Python code, on the path of every
+    query. Each entry's bytes live in a plain dict beside it rather than in a tuple with
+    the output: a tuple per answer is one more object for the garbage collector, and
+    under load the collections it adds measurably (benchmarks/capacity.py) stall the
+    loop.
     """
 
-    __slots__ = ("_bytes", "_inflight", "_lru", "_max_bytes", "_size")
+    __slots__ = ("_bytes", "_inflight", "_lru", "_max_bytes", "_size", "_sizes")
 
     MISS: Any = _MISS
 
@@ -65,7 +68,8 @@ class PredictionCache(Generic[T]):
             raise ValueError(f"cache_max_bytes must be an int >= 1, got {max_bytes!r}")
         self._size = size
         self._max_bytes = max_bytes if max_bytes is not None else 2**62
-        self._lru: OrderedDict[Hashable, tuple[Any, int]] | None = OrderedDict() if size else None
+        self._lru: OrderedDict[Hashable, Any] | None = OrderedDict() if size else None
+        self._sizes: dict[Hashable, int] = {}
         self._bytes = 0
         self._inflight: dict[Hashable, T] = {}
 
@@ -94,10 +98,9 @@ class PredictionCache(Generic[T]):
         if lru is None:
             return _MISS
         entry: Any = lru.get(key, _MISS)
-        if entry is _MISS:
-            return _MISS
-        lru.move_to_end(key)
-        return entry[0]
+        if entry is not _MISS:
+            lru.move_to_end(key)
+        return entry
 
     def put(self, key: Hashable, output: Any) -> None:
         """Remember an output, evicting the least recently used while either bound is
@@ -105,16 +108,19 @@ class PredictionCache(Generic[T]):
         lru = self._lru
         if lru is None:
             return
+        sizes = self._sizes
         nbytes = size_of(key) + size_of(output)
-        old = lru.pop(key, None)
+        old = sizes.pop(key, None)
         if old is not None:
-            self._bytes -= old[1]
+            del lru[key]
+            self._bytes -= old
         if nbytes > self._max_bytes:
             return
-        lru[key] = (output, nbytes)
+        lru[key] = output
+        sizes[key] = nbytes
         self._bytes += nbytes
         while len(lru) > self._size or self._bytes > self._max_bytes:
-            self._bytes -= lru.popitem(last=False)[1][1]
+            self._bytes -= sizes.pop(lru.popitem(last=False)[0])
 
     def pending(self, key: Hashable) -> T | None:
         """The token of an identical query still in flight, if any."""
@@ -136,7 +142,8 @@ class PredictionCache(Generic[T]):
             return 0
         doomed = [k for k in self._lru if predicate(k)]
         for k in doomed:
-            self._bytes -= self._lru.pop(k)[1]
+            del self._lru[k]
+            self._bytes -= self._sizes.pop(k)
         return len(doomed)
 
     def __len__(self) -> int:

@@ -15,20 +15,33 @@ from ._common import as_model_error, deliver, reject_options, started
 
 logger = logging.getLogger("clipperlite")
 
+#: How long the loop waits for its worker to take a batch handed over (a worker that
+#: is slow to wake costs the loop no more than this).
+_START_WAIT_S = 0.001
+
+#: A batch on its way to the worker: the future for its result, the inputs, and the
+#: lock the worker releases once it has taken them.
+_Item = tuple["asyncio.Future[Any]", list[Any], threading.Lock]
+
 
 class ThreadReplica:
     """Runs a plain function on a worker thread of its own.
 
     A dedicated thread fed through a `SimpleQueue` hands a batch over for a few µs
     where an executor costs ~100 µs, and caps the model at one thread per replica.
+
+    After handing a batch over, the loop waits (at most `_START_WAIT_S`) until the
+    worker has taken it. Without the wait, the worker, woken while the loop runs the
+    previous batch's callers, waits for the GIL until the loop next idles or the
+    interpreter's 5 ms switch interval forces a switch: measured, 1.2 ms at the median
+    per batch at 9,000 queries/s, the model idle all the while. The wait costs the loop
+    the worker's wake-up (tens of µs) and gives the model a prompt start.
     """
 
     def __init__(self, func: Callable[[list[Any]], Any], name: str) -> None:
         self.func: Callable[[list[Any]], Any] = func
         self.name = name
-        self._inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], list[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._inbox: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Future[Any] | None = None
@@ -84,7 +97,8 @@ class ThreadReplica:
             item = inbox.get()
             if item is None:
                 return
-            fut, xs = item
+            fut, xs, taken = item
+            taken.release()
             try:
                 started = time.perf_counter()
                 result: Any = BatchResult(func(xs), time.perf_counter() - started)
@@ -92,13 +106,16 @@ class ThreadReplica:
             except BaseException as exc:  # a model's SystemExit must not end its replica
                 result, ok = as_model_error(exc), False
             loop.call_soon_threadsafe(deliver, fut, ok, result)
-            del item, fut, xs, result
+            del item, fut, xs, result, taken
             self._after_batch()
 
     async def run_batch(self, xs: list[Any]) -> BatchResult:
         assert self._loop is not None
         fut = self._loop.create_future()
-        self._inbox.put((fut, xs))
+        taken = threading.Lock()
+        taken.acquire()
+        self._inbox.put((fut, xs, taken))
+        taken.acquire(timeout=_START_WAIT_S)  # the GIL hand-off (see the class docstring)
         result: BatchResult = await fut
         return result
 
