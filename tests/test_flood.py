@@ -63,6 +63,22 @@ async def test_a_query_entering_a_lagging_loop_is_shed_with_its_reason() -> None
         assert clipper.metrics()["apps"]["a"]["defaults"] == {"would_miss": 1}
 
 
+async def test_a_caller_awaiting_queries_in_turn_is_served_again_after_a_stall() -> None:
+    """After one stall (a garbage collection, a blocking call), a caller that awaits its
+    queries one after another gets at most a couple shed: shedding yields to the loop,
+    so the heartbeat catches up instead of every later query being shed too."""
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "a", "doubles", _first, default_output=-1.0, slo_micros=20_000
+        )
+        assert not (await clipper.predict("a", [1.0])).default
+        keep_the_loop_busy(0.1)
+        got = [await clipper.predict("a", [float(i)]) for i in range(50)]
+        shed = [p for p in got if p.default]
+        assert 1 <= len(shed) <= 3
+        assert all(not p.default for p in got[len(shed) :])
+
+
 async def test_a_flood_resolves_every_query_quickly_and_explained() -> None:
     """20,000 predicts started at once at a 100 ms SLO: every one resolves, none waits
     out a deadline in a queue it could never leave, and every default is explained."""
