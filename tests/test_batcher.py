@@ -57,7 +57,7 @@ async def run(batcher: Batcher, model: FakeModel, queries: list[Query]) -> list[
 
 def query(x: Any, deadline: float = 10.0) -> Query:
     q = Query(x, deadline, 0.0)
-    q.waiters.append(asyncio.get_running_loop().create_future())
+    q.add_waiter(asyncio.get_running_loop().create_future())
     return q
 
 

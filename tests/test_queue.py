@@ -30,7 +30,8 @@ def query(loop: asyncio.AbstractEventLoop) -> NewQuery:
         x: Any = None, *, deadline: float, arrival: float = 0.0, waiters: int = 1, **kw: Any
     ) -> Query:
         q = Query(x, deadline=deadline, arrival=arrival, **kw)
-        q.waiters.extend(loop.create_future() for _ in range(waiters))
+        for _ in range(waiters):
+            q.add_waiter(loop.create_future())
         return q
 
     return make

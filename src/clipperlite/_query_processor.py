@@ -126,12 +126,13 @@ class QueryProcessor:
         (rare) has a timer entry of its own, and so has the first caller once a joiner
         due later extends the query past the first caller's deadline."""
         fut = self._loop.create_future()
-        q.waiters.append(fut)
+        q.add_waiter(fut)
         timer = self._timer
         timer.add(deadline, fut, _LATE)
         if deadline > q.deadline:
             if q.deadline == q.due:
-                timer.add(q.due, q.waiters[0], _LATE)
+                assert q.waiter is not None
+                timer.add(q.due, q.waiter, _LATE)
             if q.state != QUEUED:
                 q.deadline = deadline  # running: lives on for this caller
         mv.batcher.queue.reschedule(q, deadline)
@@ -295,9 +296,8 @@ class QueryProcessor:
             q = cache.pending(ck)
             if q is not None and q.state != DONE and q.deadline > now:
                 return None, mv, self._join(q, mv, deadline)
-        q = Query(xv, deadline, now, self._settle_cb if ck is not None else None, ck)
         fut = self._loop.create_future()
-        q.waiters.append(fut)
+        q = Query(xv, deadline, now, self._settle_cb if ck is not None else None, ck, fut)
         failure = mv.submit(q)
         if failure is not None:
             return failure, mv, None

@@ -22,8 +22,10 @@ QUEUED, TAKEN, DONE = 0, 1, 2
 class Query:
     """One input waiting for a model, and the futures of everyone waiting for its output.
 
-    Identical concurrent queries share one `Query` (single flight): each caller adds
-    its own future to `waiters`, so one caller's cancellation never touches another's.
+    Identical concurrent queries share one `Query` (single flight): each caller has a
+    future of its own, so one caller's cancellation never touches another's. The first
+    caller's is `waiter`; joiners' (rare) are in `others`, a list made only for them,
+    so a query that nobody joins keeps one object fewer alive for the garbage collector.
     """
 
     __slots__ = (
@@ -32,10 +34,11 @@ class Query:
         "due",
         "key",
         "on_done",
+        "others",
         "priority",
         "seq",
         "state",
-        "waiters",
+        "waiter",
         "x",
     )
 
@@ -46,6 +49,7 @@ class Query:
         arrival: float,
         on_done: Callable[[Query, Any], None] | None = None,
         key: Any = None,
+        waiter: asyncio.Future[Any] | None = None,
     ) -> None:
         self.x = x
         self.key = key
@@ -54,16 +58,36 @@ class Query:
         #: ... and the earliest, which orders it in the queue; `due` is its first caller's.
         self.priority = self.due = deadline
         self.arrival = arrival
-        self.waiters: list[asyncio.Future[Any]] = []
+        self.waiter = waiter
+        self.others: list[asyncio.Future[Any]] | None = None
         self.seq = 0
         self.state = QUEUED
         self.on_done = on_done
 
+    def add_waiter(self, fut: asyncio.Future[Any]) -> None:
+        """Add a caller's future (the first becomes `waiter`, the rest join `others`)."""
+        if self.waiter is None:
+            self.waiter = fut
+        elif self.others is None:
+            self.others = [fut]
+        else:
+            self.others.append(fut)
+
+    @property
+    def waiters(self) -> list[asyncio.Future[Any]]:
+        """Every caller's future, the first caller's first."""
+        first = [] if self.waiter is None else [self.waiter]
+        return first if self.others is None else first + self.others
+
     def alive(self) -> bool:
         """Whether anyone still waits for this query's output."""
-        for w in self.waiters:
-            if not w.done():
-                return True
+        w = self.waiter
+        if w is not None and not w.done():
+            return True
+        if self.others is not None:
+            for w in self.others:
+                if not w.done():
+                    return True
         return False
 
     def resolve(self, outcome: Any) -> None:
@@ -71,9 +95,13 @@ class Query:
         if self.state == DONE:
             return
         self.state = DONE
-        for w in self.waiters:
-            if not w.done():
-                w.set_result(outcome)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(outcome)
+        if self.others is not None:
+            for w in self.others:
+                if not w.done():
+                    w.set_result(outcome)
         if self.on_done is not None:
             self.on_done(self, outcome)
 
