@@ -36,6 +36,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import queue
@@ -51,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from clipperlite import Clipper
-from loadgen import LoadResult, NoiseGuard, arrival_offsets, run_load
+from loadgen import FrozenGC, LoadResult, NoiseGuard, arrival_offsets, run_load
 
 SLO_MICROS = 20_000
 SLO_S = SLO_MICROS / 1e6
@@ -143,6 +144,16 @@ class Greedy:
 # -- one system under load ----------------------------------------------------------------
 Run = Callable[..., Awaitable[LoadResult]]
 
+#: `--gc-freeze`: each trial, once its system is set up, runs `gc.freeze()` (the
+#: deployment advice of docs/concepts/batching.md), for every system alike; without
+#: it, the collector is left as the previous trials left it.
+FREEZE = False
+
+
+def frozen() -> contextlib.AbstractContextManager[object]:
+    """`gc.freeze()` for the trial with `--gc-freeze`; nothing otherwise."""
+    return FrozenGC(True) if FREEZE else contextlib.nullcontext()
+
 
 async def run_clipper(
     func: Callable[[list[Any]], Any],
@@ -159,16 +170,17 @@ async def run_clipper(
         clipper.register_application("bench", "doubles", -1.0, SLO_MICROS)
         await clipper.deploy_model("m", 1, "doubles", func)
         clipper.link_model_to_app("bench", "m")
-        return await run_load(
-            clipper,
-            "bench",
-            make_input,
-            rate=rate,
-            duration=duration,
-            warmup=warmup,
-            seed=seed,
-            schedule=schedule,
-        )
+        with frozen():
+            return await run_load(
+                clipper,
+                "bench",
+                make_input,
+                rate=rate,
+                duration=duration,
+                warmup=warmup,
+                seed=seed,
+                schedule=schedule,
+            )
 
 
 async def run_greedy(
@@ -184,18 +196,19 @@ async def run_greedy(
     """The reference batcher."""
     g = Greedy(func)
     try:
-        return await run_load(
-            None,
-            "bench",
-            make_input,
-            rate=rate,
-            duration=duration,
-            warmup=warmup,
-            seed=seed,
-            slo_micros=SLO_MICROS,
-            predict=g.predict,
-            schedule=schedule,
-        )
+        with frozen():
+            return await run_load(
+                None,
+                "bench",
+                make_input,
+                rate=rate,
+                duration=duration,
+                warmup=warmup,
+                seed=seed,
+                slo_micros=SLO_MICROS,
+                predict=g.predict,
+                schedule=schedule,
+            )
     finally:
         g.close()
 
@@ -448,7 +461,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"{a:.2f}-{b:.2f}s: {100 * f:5.1f}% p99 {p * 1e3:5.1f}ms"
                 for (a, b), (f, p) in zip(WINDOWS, w, strict=True)
             )
-            print(f"  {name:12s} {cells}")
+            gc2 = (
+                f"  (full collections in the run: {res.gc_counts[2]},"
+                f" longest {res.gc_full_max_ms:.1f} ms)"
+            )
+            print(f"  {name:12s} {cells}{gc2}")
         summary["step"] = out
 
     if wanted("numpy"):
@@ -517,7 +534,13 @@ if __name__ == "__main__":
         help="seconds for waiting out other processes and repeating disturbed trials"
         " (default 120, quick 10)",
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() in every trial once its system is set up (every system alike)",
+    )
     args = parser.parse_args()
+    FREEZE = args.gc_freeze
     figures = asyncio.run(main(args))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1, default=float))

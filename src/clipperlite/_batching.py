@@ -376,17 +376,32 @@ class Batcher:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         due = _BatchDue(batch, loop, self.clock)  # one timer per batch: callers answered on time
+        deferred = False
         try:
-            await self._run_inner(run_batch, batch)
+            deferred = await self._run_inner(run_batch, batch, due, key)
         except BaseException:
             for q in batch:  # cancelled mid-batch (a stop): nobody may be left hanging
                 q.resolve(_STOPPED)
             raise
         finally:
-            due.cancel()
-            self._running.discard(key)
+            if not deferred:
+                due.cancel()
+                self._running.discard(key)
 
-    async def _run_inner(self, run_batch: RunBatch, batch: list[Query]) -> None:
+    def _fan_out(
+        self, batch: list[Query], outputs: list[Any], due: _BatchDue, key: tuple[Query, ...]
+    ) -> None:
+        """Hand each query of a batch its output (a late one is still cached)."""
+        due.cancel()
+        self._running.discard(key)
+        for q, out in zip(batch, outputs, strict=True):
+            q.resolve(out)
+
+    async def _run_inner(
+        self, run_batch: RunBatch, batch: list[Query], due: _BatchDue, key: tuple[Query, ...]
+    ) -> bool:
+        """Run a batch and record it; True when its outputs are handed out by a callback
+        scheduled for the loop's next round (`_fan_out`), not yet."""
         outputs, failure, latency = await self._call(run_batch, batch)
         stats = self.stats
         n = len(batch)
@@ -405,9 +420,15 @@ class Batcher:
             self.history.append(
                 BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), False)
             )
-            for q, out in zip(batch, outputs, strict=True):
-                q.resolve(out)
-            return
+            if len(self.queue) and self._loop is not None:
+                # A next batch is waiting: start it first, and answer these callers in
+                # the loop's next round. Resolving them here (a few µs each) would keep
+                # the model idle for that long; the batch's deadline timer stays armed
+                # until they are answered.
+                self._loop.call_soon(self._fan_out, batch, outputs, due, key)
+                return True
+            self._fan_out(batch, outputs, due, key)
+            return True
         stats.errors += 1
         self.history.append(
             BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), True)
@@ -416,6 +437,7 @@ class Batcher:
             await self._isolate(run_batch, batch, failure, latency)
         else:
             batch[0].resolve(failure)
+        return False
 
     async def _isolate(
         self, run_batch: RunBatch, batch: list[Query], failure: Failure, latency: float
