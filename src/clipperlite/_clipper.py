@@ -545,11 +545,12 @@ class Clipper:
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
         beat: Heartbeat = self._heartbeat  # type: ignore[assignment]
         if t0 - beat.last > slo * _defaults.SHED_LAG_SHARE + _defaults.HEARTBEAT_S:
-            shed = self._processor.shed(a, next(self._ids), t0, beat.lag(t0))  # type: ignore[union-attr]
+            lag = beat.lag(t0)
             # Yield once: a caller awaiting queries one after another would otherwise
             # never let the heartbeat run again, and every later query would be shed.
+            # Before the default is counted, so a caller cancelled here counts nothing.
             await asyncio.sleep(0)
-            return shed
+            return self._processor.shed(a, next(self._ids), t0, lag)  # type: ignore[union-attr]
         if context is not None:
             _check_context(app, context)
             return await self._processor.answer(  # type: ignore[union-attr]
