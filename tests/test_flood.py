@@ -79,6 +79,24 @@ async def test_a_caller_awaiting_queries_in_turn_is_served_again_after_a_stall()
         assert all(not p.default for p in got[len(shed) :])
 
 
+async def test_a_shed_caller_cancelled_before_its_answer_counts_nothing() -> None:
+    """A caller cancelled while its shed query yields gets no answer, and the app's
+    statistics count no query for it (every counted query was given to its caller)."""
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "a", "doubles", _first, default_output=-1.0, slo_micros=20_000
+        )
+        await clipper.predict("a", [1.0])
+        before = clipper.statistics().apps[0].queries
+        keep_the_loop_busy(0.1)
+        task = asyncio.ensure_future(clipper.predict("a", [2.0]))
+        await asyncio.sleep(0)  # the task runs up to the shed query's yield
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert clipper.statistics().apps[0].queries == before
+
+
 async def test_a_flood_resolves_every_query_quickly_and_explained() -> None:
     """20,000 predicts started at once at a 100 ms SLO: every one resolves, none waits
     out a deadline in a queue it could never leave, and every default is explained."""
