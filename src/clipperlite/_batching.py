@@ -376,15 +376,15 @@ class Batcher:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         due = _BatchDue(batch, loop, self.clock)  # one timer per batch: callers answered on time
-        deferred = False
+        handed_out = False
         try:
-            deferred = await self._run_inner(run_batch, batch, due, key)
+            handed_out = await self._run_inner(run_batch, batch, due, key)
         except BaseException:
             for q in batch:  # cancelled mid-batch (a stop): nobody may be left hanging
                 q.resolve(_STOPPED)
             raise
         finally:
-            if not deferred:
+            if not handed_out:  # else `_fan_out` cancels the timer, once the callers have it
                 due.cancel()
                 self._running.discard(key)
 
@@ -400,8 +400,9 @@ class Batcher:
     async def _run_inner(
         self, run_batch: RunBatch, batch: list[Query], due: _BatchDue, key: tuple[Query, ...]
     ) -> bool:
-        """Run a batch and record it; True when its outputs are handed out by a callback
-        scheduled for the loop's next round (`_fan_out`), not yet."""
+        """Run a batch and record it. True when it succeeded: `_fan_out` then hands the
+        outputs out (now, or in the loop's next round when another batch is waiting)
+        and takes over the batch's deadline timer and its entry in `_running`."""
         outputs, failure, latency = await self._call(run_batch, batch)
         stats = self.stats
         n = len(batch)
