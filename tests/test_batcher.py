@@ -148,3 +148,41 @@ async def test_a_full_queue_refuses_at_once() -> None:
     refused = batcher.submit(query(3))
     assert refused is not None and refused.cause is DefaultCause.QUEUE_FULL
     assert batcher.stats.rejected == 1
+
+
+async def test_the_next_batch_starts_before_the_last_ones_callers_are_answered() -> None:
+    """With queries waiting as a batch ends, the next batch is handed to the model
+    first and the finished batch's callers are answered in the loop's next round; the
+    batch is already counted then, and every caller gets its own output."""
+    batcher = Batcher(FixedBatchSize(2), clock=FakeClock())
+    seen: list[tuple[int, bool]] = []  # (batch number, first batch's first caller done?)
+    first = [query(0), query(1)]
+
+    class Recording(FakeModel):
+        async def __call__(self, xs: list[Any]) -> BatchResult:
+            seen.append((len(self.batches), first[0].waiters[0].done()))
+            return await super().__call__(xs)
+
+    model = Recording()
+    model.gate = asyncio.Event()
+    got = await run(batcher, model, [*first, query(2), query(3)])
+    assert got == [0, 10, 20, 30]
+    assert seen == [(0, False), (1, False)]  # batch 2 started before batch 1's answers
+    assert batcher.stats.batches == 2
+    assert not batcher._running
+
+
+async def test_a_lone_batch_answers_its_callers_at_once() -> None:
+    """With nothing else waiting, a finished batch's callers are answered in the same
+    step (no extra loop round for an unloaded query)."""
+    batcher = Batcher(FixedBatchSize(4), clock=FakeClock())
+    q = query(7)
+    observed: list[bool] = []  # in the loop round after the model returned: answered?
+
+    class Peeking(FakeModel):
+        async def __call__(self, xs: list[Any]) -> BatchResult:
+            asyncio.get_running_loop().call_soon(lambda: observed.append(q.waiters[0].done()))
+            return await super().__call__(xs)
+
+    assert await run(batcher, Peeking(), [q]) == [70]
+    assert observed == [True]
