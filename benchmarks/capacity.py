@@ -24,6 +24,7 @@ is a ratio against a baseline measured in this run:
     python benchmarks/capacity.py             # full run, ~6-8 minutes
     python benchmarks/capacity.py --quick     # smoke run, ~1.5 minutes
     python benchmarks/capacity.py --only capacity,step   # a subset
+    python benchmarks/capacity.py --gc-freeze --only capacity   # gc.freeze() after set-up
 """
 
 from __future__ import annotations
