@@ -421,12 +421,12 @@ class Batcher:
             self.history.append(
                 BatchRecord(self.clock(), n, latency, self.sizer.max_batch, len(self.queue), False)
             )
-            if len(self.queue) and self._loop is not None:
+            if len(self.queue):
                 # A next batch is waiting: start it first, and answer these callers in
                 # the loop's next round. Resolving them here (a few µs each) would keep
                 # the model idle for that long; the batch's deadline timer stays armed
                 # until they are answered.
-                self._loop.call_soon(self._fan_out, batch, outputs, due, key)
+                due.loop.call_soon(self._fan_out, batch, outputs, due, key)
                 return True
             self._fan_out(batch, outputs, due, key)
             return True
@@ -515,11 +515,12 @@ class _BatchDue:
     is still cached). Armed for the batch's first query (EDF: the earliest due); it
     only ever fires for a batch running past a deadline."""
 
-    __slots__ = ("_batch", "_clock", "_handle", "_loop")
+    __slots__ = ("_batch", "_clock", "_handle", "loop")
 
     def __init__(self, batch: list[Query], loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self._batch = batch
-        self._loop = loop
+        #: The loop its timer runs on (the batch's fan-out is scheduled there too).
+        self.loop = loop
         self._clock = clock
         self._handle: asyncio.TimerHandle | None = loop.call_later(
             batch[0].priority - clock(), self._fire
@@ -538,7 +539,7 @@ class _BatchDue:
             elif q.deadline < following:
                 following = q.deadline
         self._handle = (
-            self._loop.call_later(following - now, self._fire) if following < math.inf else None
+            self.loop.call_later(following - now, self._fire) if following < math.inf else None
         )
 
     def cancel(self) -> None:
