@@ -828,3 +828,50 @@ def test_exp4_rejects_bad_schedule_options(options: dict[str, float]) -> None:
     """rate_scale must be > 0 and min_eta >= 0, both finite."""
     with pytest.raises(ValueError):
         Exp4(**options)
+
+
+# -- Exp4: warm start from a labelled record -----------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [Exp4(), Exp4(eta=0.5)], ids=repr)
+def test_exp4_warm_state_is_feedback_on_each_record_entry_in_turn(policy: Exp4) -> None:
+    """warm_state gives the state that observe reaches over the record, schedule included."""
+    record = [
+        ({"a": "y", "b": "n", "c": "n"}, "y"),
+        ({"a": "y", "b": "y", "c": "n"}, "y"),
+        ({}, "y"),
+    ]
+    state = policy.init_state(MODELS)
+    for outputs, label in record:
+        state = policy.observe(state, None, label, outputs)
+    warm = policy.warm_state(MODELS, iter(record))
+    assert warm == state
+    assert weights_of(warm)["a"] > weights_of(warm)["b"] > weights_of(warm)["c"]
+
+
+def test_exp4_warm_state_of_an_empty_record_is_a_fresh_state() -> None:
+    """No record: the state init_state gives, equal weights and nothing paid."""
+    assert Exp4().warm_state(MODELS, []) == Exp4().init_state(MODELS)
+
+
+def test_exp4_warm_state_lets_the_best_record_outvote_two_that_agree() -> None:
+    """Cold, two models agreeing outvote a third; after a record where they erred, it wins."""
+    policy = Exp4()
+    outputs = {"a": "y", "b": "n", "c": "n"}
+    assert policy.combine(policy.init_state(MODELS), None, outputs)[0] == "n"
+    record = [({"a": 1, "b": 1, "c": 1}, 1)] * 20 + [({"a": 1, "b": 2, "c": 3}, 1)] * 3
+    assert policy.combine(policy.warm_state(MODELS, record), None, outputs)[0] == "y"
+
+
+@pytest.mark.parametrize(
+    ("models", "record", "match"),
+    [
+        ([], [], "each linked model once"),
+        (["a", "a"], [], "each linked model once"),
+        (["a", "b"], [({"a": 1}, 1), ({"a": 1, "z": 1}, 1)], r"entry 1 .*\['z'\]"),
+    ],
+)
+def test_exp4_warm_state_rejects_a_bad_record(models: list[str], record: Any, match: str) -> None:
+    """Unknown or repeated model names are a ValueError naming them, not silently skipped."""
+    with pytest.raises(ValueError, match=match):
+        Exp4().warm_state(models, record)

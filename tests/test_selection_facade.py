@@ -552,3 +552,30 @@ async def test_a_model_answering_nan_does_not_poison_the_mean() -> None:
     assert answers[0].output == pytest.approx(2.0)
     assert answers[0].confidence == pytest.approx(2 / 3)
     assert all(p.confidence < 1.0 for p in answers)
+
+
+@pytest.mark.anyio
+async def test_a_warm_started_exp4_app_keeps_the_query_a_cold_one_loses() -> None:
+    """A state from Exp4.warm_state, set through set_policy_state, serves from the start."""
+    models = {
+        "svm": testing.constant("4"),
+        "knn": testing.constant("1"),
+        "bayes": testing.constant("1"),
+    }
+    record = [({"svm": "4", "knn": "4", "bayes": "4"}, "4")] * 30
+    record += [({"svm": "4", "knn": "7", "bayes": "7"}, "4")] * 2
+    async with Clipper() as clipper:
+        for app in ("cold", "warm"):
+            clipper.register_application(app, "doubles", "?", SLO, policy="exp4")
+        await deploy(clipper, "cold", models)
+        for name in models:
+            clipper.link_model_to_app("warm", name)
+        state = Exp4().warm_state(clipper.get_linked_models("warm"), record)
+        clipper.set_policy_state("warm", json.loads(json.dumps(state)))
+        restored = clipper.get_policy_state("warm")
+        assert restored["log_weights"] == pytest.approx(state["log_weights"])
+        assert restored["ensemble_loss"] == pytest.approx(state["ensemble_loss"])
+        cold = await clipper.predict("cold", [1.0])
+        warm = await clipper.predict("warm", [1.0])
+    assert (cold.output, warm.output) == ("1", "4")
+    assert warm.confidence > 0.5

@@ -8,7 +8,7 @@ call, so one policy object can serve many apps. States are plain dicts of lists
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -439,6 +439,45 @@ class Exp4:
                 ENSEMBLE_LOSS: ensemble_loss,
             }
         return {"models": list(models), "log_weights": _normalised(log_weights, self.max_log_gap)}
+
+    def warm_state(
+        self, models: Sequence[str], record: Iterable[tuple[Mapping[str, Any], Any]]
+    ) -> dict[str, Any]:
+        """A state that has already learned from a labelled record, to serve from.
+
+        Exp4 starts with equal weights, so before it has seen a model err it cannot
+        tell a good model from a lucky one, and an early query that two good-looking
+        models get wrong together is lost. A record of what the models answered on
+        labelled data they were not trained on (a validation set, or cross-validated
+        predictions) tells it in advance. Give the result to `set_policy_state`.
+
+        Args:
+            models: The app's linked models, in link order (`get_linked_models`).
+            record: (outputs, label) pairs, `outputs` mapping each model that
+                answered one labelled example to its output.
+
+        Returns:
+            The state after feedback on each pair in turn, as `get_policy_state`
+            returns it (with the schedule, the record's loss counts in
+            "ensemble_loss", so the rate starts where the record left it).
+
+        Raises:
+            ValueError: `models` is empty or names a model twice, or a record entry
+                names a model not in `models`.
+        """
+        names = list(models)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"models must name each linked model once, got {names!r}")
+        state = self.init_state(names)
+        for i, (outputs, label) in enumerate(record):
+            unknown = [m for m in outputs if m not in state["models"]]
+            if unknown:
+                raise ValueError(
+                    f"record entry {i} names models that are not in models: {unknown!r}"
+                    f" (models: {names!r})"
+                )
+            state = self.observe(state, None, label, dict(outputs))
+        return state
 
 
 #: The key of the schedule's state entry: the loss the ensemble has paid so far.
