@@ -23,7 +23,8 @@ Three experiments, each reported against baselines measured in the same run:
    each app, and coverage against error for the `min_confidence` apps (the paper's
    "robust predictions" table). Section 2b chooses Exp4's learning rate or schedule
    on tuning data (digits splits 10-14, CIFAR-style seeds 0-2) and judges the choice
-   on other data (digits splits 0-2, CIFAR-style seeds 100-104).
+   on other data (digits splits 0-2, CIFAR-style seeds 100-104), cold and warm-started
+   (`Exp4.warm_state` on a cross-validated training half or a validation draw).
 3. Plots (PNG) under docs/img/, shown in docs/concepts/selection.md; then the
    personalised (4) and straggler (5) scenarios.
 
