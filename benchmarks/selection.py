@@ -270,9 +270,10 @@ def train_digits(split: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
 WARM_FOLDS = 5
 
 
-def cross_validated(split: int) -> list[tuple[dict[str, int], int]]:
-    """A record for `Exp4.warm_state`: each classifier's answers on the training half,
-    cross-validated (each image answered by a copy trained on the other folds).
+def cross_validated(split: int) -> tuple[list[int], list[list[int]]]:
+    """A record for a warm start: the training half's labels, and each classifier's
+    answers to it cross-validated (each image answered by a copy trained on the other
+    folds), one column per classifier in `make_classifiers` order.
 
     It says how each kind of model errs on images it was not trained on, without
     holding an image back from the deployed models or looking at the stream.
@@ -280,14 +281,11 @@ def cross_validated(split: int) -> list[tuple[dict[str, int], int]]:
     from sklearn.model_selection import cross_val_predict
 
     x_train, _, y_train, _ = digits_halves(split)
-    answers = {
-        name: cross_val_predict(clf, x_train, y_train, cv=WARM_FOLDS)
-        for name, clf in make_classifiers(split).items()
-    }
-    return [
-        ({name: int(a[i]) for name, a in answers.items()}, int(label))
-        for i, label in enumerate(y_train)
+    cols = [
+        cross_val_predict(clf, x_train, y_train, cv=WARM_FOLDS).astype(int)
+        for clf in make_classifiers(split).values()
     ]
+    return y_train.tolist(), np.stack(cols, axis=1).tolist()
 
 
 def as_model(clf: Any) -> Callable[[list[np.ndarray]], list[int]]:
@@ -314,6 +312,11 @@ async def digits_stream(split: int, limit: int | None) -> DigitsResult:
     classifiers, x_test, y_test = train_digits(split)
     if limit is not None:
         x_test, y_test = x_test[:limit], y_test[:limit]
+    labels, answers = cross_validated(split)  # before the Clipper: it would block its loop
+    record = [
+        (dict(zip(classifiers, row, strict=True)), y)
+        for y, row in zip(labels, answers, strict=True)
+    ]
     calls = [0]
 
     def counted(func: Callable[[list[np.ndarray]], list[int]]) -> Callable[..., list[int]]:
@@ -341,7 +344,7 @@ async def digits_stream(split: int, limit: int | None) -> DigitsResult:
             clipper.link_model_to_app(f"only {name}", name)
             for app in apps:
                 clipper.link_model_to_app(app, name)
-        warm = Exp4().warm_state(clipper.get_linked_models(WARM_EXP4), cross_validated(split))
+        warm = Exp4().warm_state(clipper.get_linked_models(WARM_EXP4), record)
         clipper.set_policy_state(WARM_EXP4, warm)
         every = [*apps, *(f"only {name}" for name in classifiers)]
         right = {app: np.zeros(len(y_test)) for app in every}
@@ -504,8 +507,7 @@ def warm_record(task: str, quick: bool) -> tuple[list[int], list[list[int]]]:
     split's cross-validated training half, or a CIFAR-style validation draw."""
     kind, number = task.split()[0], int(task.split()[-1])
     if kind == "digits":
-        pairs = cross_validated(number)
-        return [y for _, y in pairs], [list(o.values()) for o, _ in pairs]
+        return cross_validated(number)
     labels, outs = cifar_stream(number + WARM_SEED_OFFSET, 1_000 if quick else WARM_CIFAR_IMAGES)
     return labels.tolist(), outs.tolist()
 
@@ -885,11 +887,15 @@ def main(argv: list[str] | None = None) -> int:
             best = max(singles, key=singles.__getitem__)
             ok = r.accuracy[policy] >= singles[best]
             wins += ok
+            counts = (
+                f" ({r.n} queries, {r.model_calls} model calls for {len(apps)} apps,"
+                f" {r.defaults} defaults other than low confidence)"
+                if policy == "Exp4"
+                else ""
+            )
             print(
-                f"   split {r.split} ({r.n} queries, {r.model_calls} model calls for"
-                f" {len(apps)} apps, {r.defaults} defaults other than low confidence):"
-                f" {policy} {r.accuracy[policy]:.4f} vs best single ({best})"
-                f" {singles[best]:.4f} -> {verdict(ok)}"
+                f"   split {r.split}{counts}: {policy} {r.accuracy[policy]:.4f} vs best"
+                f" single ({best}) {singles[best]:.4f} -> {verdict(ok)}"
             )
         print(
             f"   target {policy} at least as good as the best single model: {wins} of"

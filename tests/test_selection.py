@@ -875,3 +875,18 @@ def test_exp4_warm_state_rejects_a_bad_record(models: list[str], record: Any, ma
     """Unknown or repeated model names are a ValueError naming them, not silently skipped."""
     with pytest.raises(ValueError, match=match):
         Exp4().warm_state(models, record)
+
+
+@pytest.mark.parametrize(
+    ("models", "record", "match"),
+    [
+        ("ab", [], "the string 'ab'"),
+        (["a"], [({"a": 1}, 1), ({"a": 1},)], r"entry 1 must be an \(outputs, label\) pair"),
+        (["a"], [(["a"], 1)], r"entry 0's outputs must map model names"),
+    ],
+)
+def test_exp4_warm_state_rejects_a_malformed_record(models: Any, record: Any, match: str) -> None:
+    """A string for the models, or an entry that is not an (outputs, label) pair, is a
+    TypeError saying which entry and what it must be."""
+    with pytest.raises(TypeError, match=match):
+        Exp4().warm_state(models, record)

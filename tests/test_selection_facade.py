@@ -579,3 +579,35 @@ async def test_a_warm_started_exp4_app_keeps_the_query_a_cold_one_loses() -> Non
         warm = await clipper.predict("warm", [1.0])
     assert (cold.output, warm.output) == ("1", "4")
     assert warm.confidence > 0.5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", [Exp4(), Exp4(eta=0.3)], ids=repr)
+@pytest.mark.parametrize("context", [None, "user-1"])
+async def test_warm_state_is_what_feedback_through_the_app_learns(
+    policy: Exp4, context: str | None
+) -> None:
+    """Feedback on labelled inputs through a Clipper app and warm_state of the models'
+    answers to them reach the same state, whatever order the models are named in."""
+    answers = {"a": [0, 1, 1, 0, 1, 1], "b": [0, 0, 1, 1, 1, 0], "c": [1, 1, 0, 0, 1, 1]}
+    labels = [0, 1, 1, 0, 1, 1]
+
+    def model(name: str) -> Any:
+        return lambda xs: [answers[name][int(x[0])] for x in xs]
+
+    async with Clipper() as clipper:
+        for app in ("fed", "warm"):
+            clipper.register_application(app, "doubles", -1, SLO, policy=policy)
+        await deploy(clipper, "fed", {name: model(name) for name in answers})
+        for name in answers:
+            clipper.link_model_to_app("warm", name)
+        for i, y in enumerate(labels):
+            await clipper.feedback("fed", [float(i)], y, context=context)
+        record = [({m: answers[m][i] for m in ("c", "a", "b")}, y) for i, y in enumerate(labels)]
+        state = policy.warm_state(["c", "a", "b"], record)
+        clipper.set_policy_state("warm", json.loads(json.dumps(state)), context=context)
+        fed = clipper.get_policy_state("fed", context=context)
+        warm = clipper.get_policy_state("warm", context=context)
+    assert weights(warm) == pytest.approx(weights(fed))
+    assert warm.get("ensemble_loss") == pytest.approx(fed.get("ensemble_loss"))
+    assert len(set(weights(fed).values())) == 3  # the record separated all three models

@@ -445,14 +445,16 @@ class Exp4:
     ) -> dict[str, Any]:
         """A state that has already learned from a labelled record, to serve from.
 
-        Exp4 starts with equal weights, so before it has seen a model err it cannot
-        tell a good model from a lucky one, and an early query that two good-looking
-        models get wrong together is lost. A record of what the models answered on
-        labelled data they were not trained on (a validation set, or cross-validated
-        predictions) tells it in advance. Give the result to `set_policy_state`.
+        Before Exp4 has seen a model err it cannot tell a good model from a lucky
+        one; a record of the models' answers on labelled data they were not trained
+        on (a validation set, or cross-validated predictions) tells it in advance.
+        Call it on the policy object the app was registered with, and give the
+        result to `set_policy_state`.
 
         Args:
-            models: The app's linked models, in link order (`get_linked_models`).
+            models: Every model linked to the app (any order: the state is matched
+                by name). A model that no record entry mentions pays no loss and
+                keeps the top weight, as it would under feedback.
             record: (outputs, label) pairs, `outputs` mapping each model that
                 answered one labelled example to its output.
 
@@ -464,13 +466,24 @@ class Exp4:
         Raises:
             ValueError: `models` is empty or names a model twice, or a record entry
                 names a model not in `models`.
+            TypeError: `models` is a string, or a record entry is not an
+                (outputs mapping, label) pair.
         """
+        if isinstance(models, str):
+            raise TypeError(f"models must be a list of model names, got the string {models!r}")
         names = list(models)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"models must name each linked model once, got {names!r}")
         state = self.init_state(names)
-        for i, (outputs, label) in enumerate(record):
-            unknown = [m for m in outputs if m not in state["models"]]
+        for i, entry in enumerate(record):
+            if not (isinstance(entry, tuple | list) and len(entry) == 2):
+                raise TypeError(f"record entry {i} must be an (outputs, label) pair, got {entry!r}")
+            outputs, label = entry
+            if not isinstance(outputs, Mapping):
+                raise TypeError(
+                    f"record entry {i}'s outputs must map model names to outputs, got {outputs!r}"
+                )
+            unknown = [m for m in outputs if m not in names]
             if unknown:
                 raise ValueError(
                     f"record entry {i} names models that are not in models: {unknown!r}"
