@@ -249,3 +249,46 @@ async def test_watchdog_abandoned_thread_is_counted_at_once() -> None:
     finally:
         release.set()
         await eventually(lambda: not clipperlite_threads(), timeout=3.0)
+
+
+def _raises_unprintable(base: type[BaseException]) -> Any:
+    """A model whose error for a negative input cannot be turned into a string (its
+    `__str__` reads an attribute that was never set, a common slip in user classes)."""
+
+    class Unprintable(base):  # type: ignore[valid-type, misc]
+        def __str__(self) -> str:
+            return str(self.reason)  # type: ignore[attr-defined]
+
+    def model(xs: list[Any]) -> list[Any]:
+        if any(x[0] < 0 for x in xs):
+            raise Unprintable()
+        return [float(x[1]) for x in xs]
+
+    return model
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("base", [Exception, BaseException], ids=lambda b: b.__name__)
+async def test_an_error_that_cannot_be_printed_is_a_model_error(
+    backend: str, base: type[BaseException]
+) -> None:
+    """A model's error whose str() raises gets model_error naming its type, explained;
+    the replica serves on, not replaced (it once killed the thread, or was called a
+    shutdown)."""
+    async with Clipper(cache_size=0) as clipper:
+        await clipper.create_endpoint(
+            "u",
+            "doubles",
+            _raises_unprintable(base),
+            default_output=-1,
+            slo_micros=5_000_000,
+            backend=backend,
+        )
+        bad = await clipper.predict("u", [-1.0, 0.0])
+        after = [await clipper.predict("u", [0.0, float(i)]) for i in range(3)]
+        stats = clipper.metrics()["models"]["u"]["1"]
+    assert bad.default_cause == "model_error", bad
+    assert "Unprintable: <str() failed>" in (bad.default_explanation or ""), bad
+    assert [(p.default, p.output) for p in after] == [(False, 0.0), (False, 1.0), (False, 2.0)]
+    assert stats["replaced_replicas"] == 0

@@ -30,15 +30,16 @@ def weights(state: dict[str, Any]) -> dict[str, float]:
 
 
 class Failing:
-    """A policy (Exp4's behaviour) whose `method` raises RuntimeError('boom')."""
+    """A policy (Exp4's behaviour) whose `method` raises `error` (RuntimeError('boom'))."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, error: Exception | None = None) -> None:
         self.method = method
+        self.error = error or RuntimeError("boom")
         self.inner = Exp4()
 
     def _maybe_fail(self, method: str) -> None:
         if method == self.method:
-            raise RuntimeError("boom")
+            raise self.error
 
     def init_state(self, models: list[str], previous: Any = None) -> Any:
         return self.inner.init_state(models, previous)
@@ -223,6 +224,34 @@ async def test_a_policy_that_raises_makes_feedback_raise_a_chained_clipper_error
         with pytest.raises(ClipperError, match=r"policy Failing .*raised RuntimeError") as info:
             await clipper.feedback("app", [1.0], "cat")
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+class Unprintable(Exception):
+    """An error whose str() raises: its `__str__` reads an attribute never set."""
+
+    def __str__(self) -> str:
+        return str(self.reason)  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["select", "combine", "observe"])
+async def test_a_policy_error_that_cannot_be_printed_is_still_explained(method: str) -> None:
+    """A policy error whose str() raises is named by its type: predict gets the default
+    explained, feedback a ClipperError chained to it."""
+    async with Clipper() as clipper:
+        policy = Failing(method, Unprintable())
+        clipper.register_application("app", "doubles", "?", SLO, policy=policy)
+        await deploy(clipper, "app", {"a": testing.constant("cat")})
+        p = await clipper.predict("app", [1.0])
+        if method != "combine":
+            with pytest.raises(ClipperError, match=r"raised Unprintable: <str\(\) failed>") as info:
+                await clipper.feedback("app", [1.0], "cat")
+            assert isinstance(info.value.__cause__, Unprintable)
+    if method == "observe":
+        assert (p.default, p.output) == (False, "cat")
+    else:
+        assert (p.default, p.output) == (True, "?")
+        assert "raised Unprintable: <str() failed>" in (p.default_explanation or "")
 
 
 @pytest.mark.anyio

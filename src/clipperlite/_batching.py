@@ -19,7 +19,7 @@ import numpy as np
 from . import _defaults
 from ._aimd import BatchSizer
 from ._clock import Clock
-from ._errors import WorkerDiedError
+from ._errors import WorkerDiedError, describe
 from ._queue import DONE, EDFQueue, Query
 from ._stats import LatencyHistogram, SizeHistogram
 from ._types import CANCELLED, BatchRecord, BatchResult, DefaultCause, Failure, _Dropped
@@ -311,7 +311,7 @@ class Batcher:
             return None, Failure(DefaultCause.WORKER_DIED, f"worker died: {exc}"), self.clock() - t0
         except Exception as exc:
             self._log_failure(exc, len(batch))
-            detail = f"raised {type(exc).__name__}: {exc}"
+            detail = f"raised {describe(exc)}"
             if isinstance(exc, TypeError | AttributeError):
                 detail += f" ({_PER_ITEM_HINT})"
             return None, Failure(DefaultCause.MODEL_ERROR, detail), self.clock() - t0

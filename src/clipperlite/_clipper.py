@@ -24,7 +24,13 @@ from . import _defaults
 from ._backends import resolve_backend
 from ._cache import PredictionCache
 from ._clock import MICROS, monotonic
-from ._errors import AlreadyExistsError, ClipperClosedError, ClipperError, InvalidInputError
+from ._errors import (
+    AlreadyExistsError,
+    ClipperClosedError,
+    ClipperError,
+    InvalidInputError,
+    describe,
+)
 from ._model import ModelVersion
 from ._query_processor import QueryProcessor
 from ._queue import Query
@@ -692,7 +698,7 @@ class Clipper:
             raise
         except Exception as exc:  # the policy's init_state, or a state that cannot be copied
             raise ClipperError(
-                f"cannot read the policy state of app {app_name!r}: {type(exc).__name__}: {exc}"
+                f"cannot read the policy state of app {app_name!r}: {describe(exc)}"
             ) from exc
 
     def set_policy_state(self, app_name: str, state: Any, context: Hashable | None = None) -> None:
@@ -724,7 +730,7 @@ class Clipper:
             )
         except Exception as exc:  # a state that does not fit, cannot be copied, is too deep
             raise ClipperError(
-                f"cannot restore the policy state of app {app_name!r}: {type(exc).__name__}: {exc}"
+                f"cannot restore the policy state of app {app_name!r}: {describe(exc)}"
             ) from exc
         app.set_context_state(context, restored)
 

@@ -31,6 +31,16 @@ class ClipperError(Exception):
         return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
+def describe(exc: BaseException) -> str:
+    """ "TypeName: message" for an exception from user code (a model, a policy, a
+    backend), even one whose `str()` raises: reporting a failure must not fail."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}"
+
+
 def _rebuild(cls: type[ClipperError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
     error = cls.__new__(cls)
     Exception.__init__(error, *args)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._cache import PredictionCache
 from ._clock import MICROS
-from ._errors import ClipperError
+from ._errors import ClipperError, describe
 from ._model import ModelVersion
 from ._queue import DONE, QUEUED, Query
 from ._registry import App, Model, Served
@@ -175,7 +175,7 @@ class QueryProcessor:
                 qid,
                 t0,
                 DefaultCause.POLICY_ERROR,
-                f"app {a.name!r}: policy {a.policy_name} raised {type(exc).__name__}: {exc}",
+                f"app {a.name!r}: policy {a.policy_name} raised {describe(exc)}",
             )
         outputs, misses = await self.outputs(a, chosen, xv, t0, deadline, key)
         if key is not _NO_KEY and key is not None and outputs:
@@ -199,8 +199,7 @@ class QueryProcessor:
                 qid,
                 t0,
                 DefaultCause.POLICY_ERROR,
-                f"app {a.name!r}: policy {a.policy_name} combine raised"
-                f" {type(exc).__name__}: {exc}",
+                f"app {a.name!r}: policy {a.policy_name} combine raised {describe(exc)}",
                 len(outputs),
             )
         if a.min_confidence is not None and confidence < a.min_confidence:
@@ -334,8 +333,7 @@ class QueryProcessor:
                 chosen = self.select(a, xv, state)
             except Exception as exc:
                 raise ClipperError(
-                    f"app {a.name!r}: policy {a.policy_name} select raised"
-                    f" {type(exc).__name__}: {exc}"
+                    f"app {a.name!r}: policy {a.policy_name} select raised {describe(exc)}"
                 ) from exc
         outputs, _ = await self.outputs(a, chosen, xv, t0, t0 + a.slo, key)
         # The links may have changed while the outputs were computed.
@@ -354,7 +352,7 @@ class QueryProcessor:
                 new = policy.observe(state, xv, y, outputs)
         except Exception as exc:
             raise ClipperError(
-                f"app {a.name!r}: policy {a.policy_name} observe raised {type(exc).__name__}: {exc}"
+                f"app {a.name!r}: policy {a.policy_name} observe raised {describe(exc)}"
             ) from exc
         a.set_context_state(context, new)
 

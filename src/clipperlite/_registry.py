@@ -18,7 +18,13 @@ import numpy as np
 
 from . import _defaults
 from ._clock import MICROS
-from ._errors import AlreadyExistsError, ClipperError, UnknownApplicationError, UnknownModelError
+from ._errors import (
+    AlreadyExistsError,
+    ClipperError,
+    UnknownApplicationError,
+    UnknownModelError,
+    describe,
+)
 from ._inputs import KeyFunc, Validator, make_key_func, make_validator, normalize_input_type
 from ._model import ModelVersion
 from ._selection import BUILTIN_POLICIES, SelectionPolicy
@@ -426,7 +432,7 @@ class Registry:
             except Exception as exc:
                 raise ClipperError(
                     f"app {app.name!r}: policy {app.policy_name} init_state raised"
-                    f" {type(exc).__name__}: {exc}; the link was not changed"
+                    f" {describe(exc)}; the link was not changed"
                 ) from exc
             app.state, app.state_links = state, links
         app.links = links

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from .._errors import ClipperError
+from .._errors import ClipperError, describe
 from .._types import Backend
 from ._async import AsyncBackend
 from ._common import is_async_func
@@ -78,7 +78,7 @@ def resolve_backend(
             raise
         except Exception as exc:
             raise ClipperError(
-                f"backend {name!r} rejected backend_options {opts!r}: {type(exc).__name__}: {exc}"
+                f"backend {name!r} rejected backend_options {opts!r}: {describe(exc)}"
             ) from exc
         return instance, name
     if isinstance(backend, type):

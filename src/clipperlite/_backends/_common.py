@@ -8,6 +8,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._errors import describe
+
 
 def is_async_func(func: Callable[..., Any]) -> bool:
     """Whether `func` is an `async def` (also behind a callable object)."""
@@ -25,7 +27,7 @@ def as_model_error(exc: BaseException) -> Exception:
     """
     if isinstance(exc, Exception) and not isinstance(exc, StopIteration | StopAsyncIteration):
         return exc
-    wrapped = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+    wrapped = RuntimeError(f"the model raised {describe(exc)}")
     wrapped.__cause__ = exc  # its traceback, for the log
     return wrapped
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._errors import WorkerDiedError
+from .._errors import WorkerDiedError, describe
 from ._common import reject_options, started
 from ._thread import ThreadReplica
 
@@ -160,7 +160,7 @@ def _portable_error(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
+        return RuntimeError(describe(exc))
     return exc
 
 
@@ -196,7 +196,7 @@ def child_main() -> None:
             if os.getpid() != me:
                 os._exit(0)
             if not isinstance(exc, Exception):
-                exc = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+                exc = RuntimeError(f"the model raised {describe(exc)}")
             data = pickle.dumps((seq, False, _portable_error(exc)))
         conn_out.send_bytes(data)
 
