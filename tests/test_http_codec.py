@@ -296,11 +296,21 @@ def test_a_str_output_holding_json_is_sent_as_that_value(value: Any) -> None:
         ({1: np.float32(0.5)}, {"1": 0.5}),
         (b"\x00ab", "b'\\x00ab'"),
         (None, None),
+        ("1e400", "1e400"),
+        ("[1, 1e400]", "[1, 1e400]"),
+        (np.longdouble(1.5), 1.5),
+        (np.clongdouble(1 + 2j), "(1+2j)"),
+        (10**400, 10**400),
+        (10**5000, "<int of 16610 bits>"),
     ],
+    ids=lambda v: type(v).__name__,
 )
 def test_outputs_become_json(output: Any, wire: Any) -> None:
-    """numpy becomes numbers and lists; non-JSON values their `str`."""
-    assert _codec.encode_output(output) == wire
+    """numpy becomes numbers and lists; non-JSON values their `str`: a number too large
+    for a float or for a string, and numpy's extended precision, included."""
+    encoded = _codec.encode_output(output)
+    assert encoded == wire
+    _codec.dumps(encoded)  # strict JSON, never a 500
 
 
 def test_an_output_nested_too_deeply_is_cut_to_its_str() -> None:
@@ -345,3 +355,17 @@ def test_a_batch_answer_keeps_the_order() -> None:
 def test_error_bodies() -> None:
     """An error body has an error and a cause."""
     assert _codec.error_json("invalid input", "why") == {"error": "invalid input", "cause": "why"}
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1" + "0" * 400 + ".5"])
+def test_a_number_too_large_for_a_float_is_malformed_json(number: str) -> None:
+    """Python reads 1e400 as an infinity: it is refused as NaN and Infinity are."""
+    with pytest.raises(RequestError, match="too large for a float"):
+        _codec.parse_json(f'{{"input": [1.0, {number}]}}'.encode())
+
+
+@pytest.mark.parametrize("slo", [10**400, -(10**400)])
+def test_an_slo_too_large_for_a_float_is_malformed(slo: int) -> None:
+    """An integer slo_micros beyond any float is a 400 like an infinite one, not a crash."""
+    with pytest.raises(RequestError, match="'slo_micros' must be > 0 and finite"):
+        _codec.decode_predict({"input": [1.0], "slo_micros": slo}, "doubles")

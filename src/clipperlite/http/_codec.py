@@ -70,6 +70,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one too large for it (`1e400`), which Python
+    would otherwise read as an infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a float")
+    return value
+
+
+#: Past this many bits an int may have more digits than Python turns into a string
+#: (`sys.get_int_max_str_digits`, 4,300 by default); such ints are checked.
+_LARGE_INT_BITS = 14_000
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
     """A request body as a JSON object.
 
@@ -80,11 +94,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
         The object's members.
 
     Raises:
-        RequestError: The body is not strict JSON (NaN and Infinity are refused), is
-            nested too deeply to parse, or is not an object.
+        RequestError: The body is not strict JSON (NaN and Infinity are refused, and
+            so is a number too large for a float), is nested too deeply to parse, or
+            is not an object.
     """
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise RequestError("malformed JSON", str(exc) or type(exc).__name__) from None
     if not isinstance(value, dict):
@@ -224,9 +239,15 @@ def _slo(value: Any) -> float | None:
         raise RequestError(
             "malformed request", f"'slo_micros' must be a number, got {_json_type(value)}"
         )
-    if not value > 0 or math.isinf(value):
-        raise RequestError("malformed request", f"'slo_micros' must be > 0, got {value!r}")
-    return float(value)
+    try:
+        slo = float(value)
+    except OverflowError:  # an int too large for a float
+        slo = math.inf
+    if not slo > 0 or math.isinf(slo):
+        raise RequestError(
+            "malformed request", f"'slo_micros' must be > 0 and finite, got {describe(value)}"
+        )
+    return slo
 
 
 def to_json_value(value: Any, depth: int = 0) -> Any:
@@ -240,12 +261,17 @@ def to_json_value(value: Any, depth: int = 0) -> Any:
     Returns:
         A value `json.dumps(..., allow_nan=False)` accepts.
     """
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= _LARGE_INT_BITS else _large_int(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, np.generic):
-        return to_json_value(value.item(), depth)
+        item = value.item()
+        if isinstance(item, np.generic):  # longdouble and clongdouble stay numpy
+            item = float(item) if isinstance(item, np.floating) else str(item)
+        return to_json_value(item, depth)
     if depth < MAX_OUTPUT_DEPTH:
         if isinstance(value, np.ndarray):
             value = value.tolist()
@@ -262,6 +288,15 @@ def to_json_value(value: Any, depth: int = 0) -> Any:
         return f"<{type(value).__name__}>"
 
 
+def _large_int(value: int) -> Any:
+    """An int with too many digits for a string is sent as a note of its size."""
+    try:
+        str(value)
+    except ValueError:
+        return f"<int of {value.bit_length()} bits>"
+    return value
+
+
 def encode_output(value: Any) -> Any:
     """A prediction's output as JSON: a `str` holding valid JSON is sent as that JSON
     value (as Clipper did, so `str(sum(x))` models answer numbers); everything else as
@@ -269,7 +304,7 @@ def encode_output(value: Any) -> Any:
     """
     if isinstance(value, str):
         try:
-            return json.loads(value, parse_constant=_reject_constant)
+            return json.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             return value
     return to_json_value(value)
