@@ -640,3 +640,27 @@ async def test_warm_state_is_what_feedback_through_the_app_learns(
     assert weights(warm) == pytest.approx(weights(fed))
     assert warm.get("ensemble_loss") == pytest.approx(fed.get("ensemble_loss"))
     assert len(set(weights(fed).values())) == 3  # the record separated all three models
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("x", "twin"), [(-1, -2), (1, 2**61)], ids=["-1,-2", "1,2**61"])
+async def test_feedback_joins_the_input_not_an_input_with_the_same_hash(x: int, twin: int) -> None:
+    """Inputs Python hashes alike (hash(-1) == hash(-2)) keep their own served records:
+    feedback on x updates the model that answered x, not the one that answered its twin."""
+    assert hash(x) == hash(twin)
+    async with Clipper(seed=0) as clipper:
+        clipper.register_application("app", "any", None, SLO, policy="exp3")
+        await deploy(
+            clipper, "app", {"a": testing.constant("A"), "b": testing.constant("B")}, "any"
+        )
+        first = (await clipper.predict("app", x)).output
+        other = {"A": "B", "B": "A"}[first]
+        for _ in range(200):  # draw until the twin is answered by the other model
+            if (await clipper.predict("app", twin)).output == other:
+                break
+        else:
+            pytest.fail("the twin was never answered by the other model")
+        before = weights(clipper.get_policy_state("app"))
+        await clipper.feedback("app", x, first)  # x's own model was right: nothing moves
+        after = weights(clipper.get_policy_state("app"))
+    assert after == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import reprlib
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -302,6 +303,19 @@ def _freeze(x: Any, depth: int = 0) -> Hashable | None:
     if t is np.ndarray and x.dtype.kind in "biufcSU":
         return ("ndarray", x.dtype.str, x.shape, x.tobytes())
     return None
+
+
+def join_key(key: Hashable) -> int:
+    """What the feedback join keeps of an input's cache key: a hash of its content that
+    only chance makes two inputs share, and that holds nothing of the input.
+
+    A bytes or str key's own hash is that already (SipHash of the content). A
+    structured key ("any" inputs) is hashed through its pickle, since Python's hash of
+    ints and floats is not: hash(-1) == hash(-2), hash(2**61) == hash(1).
+    """
+    if type(key) is bytes or type(key) is str:
+        return hash(key)
+    return hash(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def make_key_func(input_type: str) -> KeyFunc:

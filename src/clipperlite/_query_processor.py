@@ -12,6 +12,7 @@ from typing import Any
 from ._cache import PredictionCache
 from ._clock import MICROS
 from ._errors import ClipperError, describe
+from ._inputs import join_key
 from ._model import ModelVersion
 from ._queue import DONE, QUEUED, Query
 from ._registry import App, Model, Served
@@ -179,7 +180,7 @@ class QueryProcessor:
             )
         outputs, misses = await self.outputs(a, chosen, xv, t0, deadline, key)
         if key is not _NO_KEY and key is not None and outputs:
-            a.remember((context, hash(key)), Served(tuple(outputs), probability))
+            a.remember((context, join_key(key)), Served(tuple(outputs), probability))
         if not outputs:
             name, mv, failure = misses[0]
             cause = failure.cause
@@ -323,7 +324,7 @@ class QueryProcessor:
         if len(a.links) > 1:
             key = a.key(xv)
             if key is not None:
-                served = a.served.pop((context, hash(key)), None)
+                served = a.served.pop((context, join_key(key)), None)
             if served is not None:
                 chosen = [m for m in served.answered if m in a.links]
         if not chosen:
