@@ -551,12 +551,20 @@ class Clipper:
         slo = a.slo if slo_micros is None else positive("slo_micros", slo_micros) / MICROS
         beat: Heartbeat = self._heartbeat  # type: ignore[assignment]
         if t0 - beat.last > slo * _defaults.SHED_LAG_SHARE + _defaults.HEARTBEAT_S:
+            # The heartbeat is late. Yield once to see whether the loop still is: a
+            # flood keeps it busy past this query's share of the SLO, while after a
+            # one-off stall (the caller's own blocking code, a collection) one turn
+            # of the loop is quick and the query has its whole SLO ahead of it. The
+            # yield also lets the heartbeat run for a caller awaiting queries in turn,
+            # and comes before anything is counted, so a caller cancelled here counts
+            # nothing.
             lag = beat.lag(t0)
-            # Yield once: a caller awaiting queries one after another would otherwise
-            # never let the heartbeat run again, and every later query would be shed.
-            # Before the default is counted, so a caller cancelled here counts nothing.
             await asyncio.sleep(0)
-            return self._processor.shed(a, next(self._ids), t0, lag)  # type: ignore[union-attr]
+            turn = self._clock() - t0
+            if turn > slo * _defaults.SHED_LAG_SHARE:
+                return self._processor.shed(  # type: ignore[union-attr]
+                    a, next(self._ids), t0, max(lag, turn)
+                )
         if context is not None:
             _check_context(app, context)
             return await self._processor.answer(  # type: ignore[union-attr]
