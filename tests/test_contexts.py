@@ -186,6 +186,35 @@ async def test_an_unhashable_context_is_a_clipper_error_naming_it(call: str) -> 
                 clipper.set_policy_state("app", {"models": ["a"], "log_weights": [0]}, bad)
 
 
+class _HashRaises:
+    """A context whose __hash__ raises something other than TypeError, and whose
+    __repr__ raises too."""
+
+    def __hash__(self) -> int:
+        raise ValueError("mutable record: not hashable")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ["predict", "feedback", "get"])
+async def test_a_context_whose_hash_raises_is_a_clipper_error_naming_why(call: str) -> None:
+    """Whatever a context's __hash__ raises, the caller gets a ClipperError saying what
+    hashing it raised; a __repr__ that raises does not replace it."""
+    async with Clipper() as clipper:
+        await two_models(clipper)
+        bad: Any = _HashRaises()
+        match = r"hashable.*<_HashRaises>.*raised ValueError: mutable record"
+        with pytest.raises(ClipperError, match=match):
+            if call == "predict":
+                await clipper.predict("app", [1.0], context=bad)
+            elif call == "feedback":
+                await clipper.feedback("app", [1.0], "a", context=bad)
+            else:
+                clipper.get_policy_state("app", bad)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True])
 def test_max_contexts_must_be_a_positive_int(bad: Any) -> None:
     """register_application refuses a max_contexts that is not an int >= 1."""

@@ -401,6 +401,37 @@ async def test_blocking_on_the_clippers_own_loop_is_refused() -> None:
             pass
 
 
+def test_blocking_while_the_clippers_loop_is_not_running_is_refused() -> None:
+    """A Clipper started by run_until_complete, its loop stopped, cannot host the portal:
+    blocking() from another thread raises at once, saying why, instead of hanging."""
+    import threading
+
+    from clipperlite import ClipperError
+
+    loop = asyncio.new_event_loop()
+    clipper = Clipper()
+    loop.run_until_complete(clipper.start())
+    errors: list[BaseException] = []
+
+    def use() -> None:
+        try:
+            with clipper.blocking():
+                pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        worker = threading.Thread(target=use)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ClipperError), errors
+        assert "not running" in str(errors[0])
+    finally:
+        loop.run_until_complete(clipper.stop())
+        loop.close()
+
+
 # -- 12: the cache bounded by bytes ------------------------------------------------------------
 
 

@@ -771,6 +771,8 @@ class Clipper:
             )
         if loop.is_closed():
             raise self._wrong_place("use blocking()", "thread")
+        if not loop.is_running():
+            raise ClipperError(_LOOP_NOT_RUNNING)
         ready: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
 
         async def host() -> None:
@@ -781,7 +783,11 @@ class Clipper:
 
         hosting = asyncio.run_coroutine_threadsafe(host(), loop)
         either: list[concurrent.futures.Future[Any]] = [ready, hosting]
-        concurrent.futures.wait(either, return_when=concurrent.futures.FIRST_COMPLETED)
+        first = concurrent.futures.FIRST_COMPLETED
+        while not concurrent.futures.wait(either, timeout=0.1, return_when=first).done:
+            if loop.is_closed() or not loop.is_running():  # it stopped before hosting us
+                hosting.cancel()
+                raise ClipperError(_LOOP_NOT_RUNNING)
         if not ready.done():  # the portal could not start: say why
             hosting.result()
             raise ClipperClosedError("cannot use blocking(): the Clipper's event loop stopped")
@@ -1024,14 +1030,25 @@ class BlockingClipper:
         return self._clipper.history(name, version)
 
 
+_LOOP_NOT_RUNNING = (
+    "cannot use blocking(): the Clipper's event loop is not running (stopped between"
+    " run_until_complete calls?); blocking() needs that loop running in its own thread,"
+    " e.g. loop.run_forever() or asyncio.run(main()) there"
+)
+
+
 def _check_context(app: str, context: object) -> None:
     """A context must be hashable (it keys a policy state), else a ClipperError naming it."""
     try:
         hash(context)
-    except TypeError:
+    except Exception as exc:  # unhashable, or a __hash__ that raises
+        try:
+            shown = repr(context)
+        except Exception:
+            shown = f"<{type(context).__name__}>"
         raise ClipperError(
             f"app {app!r}: a context must be hashable (a str, an int, a tuple...), got"
-            f" {context!r} ({type(context).__name__})"
+            f" {shown[:200]} ({type(context).__name__}: hashing it raised {describe(exc)})"
         ) from None
 
 
