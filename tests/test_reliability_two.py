@@ -421,7 +421,7 @@ def test_blocking_while_the_clippers_loop_is_not_running_is_refused() -> None:
             errors.append(exc)
 
     try:
-        worker = threading.Thread(target=use)
+        worker = threading.Thread(target=use, daemon=True)
         worker.start()
         worker.join(10)
         assert not worker.is_alive()

@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -18,6 +19,31 @@ from ._common import reject_options, started
 from ._thread import ThreadReplica
 
 logger = logging.getLogger("clipperlite")
+
+#: A reply: the number of its request, whether the batch ran, and then the outputs, or
+#: the error with the text of its traceback in the worker (None when it could not be told).
+_Reply = tuple[int, bool, Any]
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an error in a worker process, as text: set as the `__cause__` of
+    that error in the parent, so its log shows the model's own frames (as
+    `concurrent.futures.process` does)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def _remote_error(value: tuple[BaseException, str | None]) -> BaseException:
+    """The error of a failed reply, with its worker-side traceback as its cause."""
+    error, text = value
+    if text is not None:
+        error.__cause__ = _RemoteTraceback(text)
+    return error
 
 
 class _ChildProcess:
@@ -37,7 +63,8 @@ class _ChildProcess:
         self.restarts = 0
         #: Set once the replica is being stopped: a worker killed then is not restarted.
         self.stopping = False
-        #: The number of the last request, echoed by the worker in its reply.
+        #: The number of the last request (counted from 1 in each worker process), echoed
+        #: by the worker in its reply.
         self._seq = 0
 
     def start(self) -> None:
@@ -56,32 +83,41 @@ class _ChildProcess:
             os.close(from_child_w)
         self._conn_out = Connection(to_child_w, readable=False)
         self._conn_in = Connection(from_child_r, writable=False)
+        self._seq = 0  # the worker counts the requests it receives, for one it cannot load
         # The parent's import path, so a model defined in any module the parent can import
         # (a test file, a notebook's helper module) loads in the worker too.
         self._conn_out.send_bytes(pickle.dumps((list(sys.path), self._payload)))
         _, ok, value = self._receive()
         if not ok:
             self.close()
-            raise value
+            raise _remote_error(value)
 
-    def _receive(self) -> tuple[int, bool, Any]:
+    def _receive(self) -> _Reply:
         assert self._conn_in is not None and self._proc is not None
         try:
             data = self._conn_in.recv_bytes()
         except (EOFError, OSError) as exc:
             code = self._proc.wait(timeout=5)
             raise WorkerDiedError(f"worker process {self._name} exited with code {code}") from exc
-        result: tuple[int, bool, Any] = pickle.loads(data)  # from our own child only
+        result: _Reply = pickle.loads(data)  # from our own child only
         return result
 
     def __call__(self, xs: list[Any]) -> Any:
         if self._proc is None or self._proc.poll() is not None:
             self.restart()  # replace a worker that died while idle
         assert self._conn_out is not None
-        self._seq += 1
-        seq = self._seq
+        seq = self._seq + 1
         try:
+            # cloudpickle, not pickle: an instance of a class defined in `__main__` pickles
+            # by reference with pickle, and the worker (whose `__main__` is not the
+            # parent's) could not load it.
             payload = cloudpickle.dumps((seq, xs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # not sent, so not counted by the worker
+            raise RuntimeError(
+                f"the inputs could not be sent to worker process {self._name}: {describe(exc)}"
+            ) from exc
+        self._seq = seq
+        try:
             self._conn_out.send_bytes(payload)
             while True:
                 got, ok, value = self._receive()
@@ -104,7 +140,7 @@ class _ChildProcess:
             raise WorkerDiedError(f"worker process {self._name} is gone: {exc}") from exc
         if ok:
             return value
-        raise value
+        raise _remote_error(value)
 
     @property
     def dead(self) -> bool:
@@ -156,20 +192,44 @@ class _ChildProcess:
             proc.wait()
 
 
-def _portable_error(exc: BaseException) -> BaseException:
+def _dumps(obj: Any) -> bytes:
+    """`obj` pickled for the parent: with pickle (fast), else with cloudpickle, which sends
+    by value what pickle cannot find by name (a class from the user's `__main__`, rebuilt
+    here from the model's payload). Either loads with `pickle.loads`."""
     try:
-        pickle.loads(pickle.dumps(exc))
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return RuntimeError(describe(exc))
-    return exc
+        data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
+
+
+def _traceback_text(exc: BaseException) -> str | None:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # reporting a failure must not fail
+        return None
+
+
+def _error_reply(seq: int, error: BaseException, raised: BaseException) -> bytes:
+    """The reply saying that request `seq` failed with `error`, carrying the traceback of
+    `raised` (the model's own frames). An error that cannot be rebuilt in the parent
+    travels as a RuntimeError describing it."""
+    text = _traceback_text(raised)
+    try:
+        data = _dumps((seq, False, (error, text)))
+        pickle.loads(data)  # it must load on the other side too
+    except Exception:
+        data = pickle.dumps((seq, False, (RuntimeError(describe(error)), text)))
+    return data
 
 
 def child_main() -> None:
     """Entry point of a worker process: load the model, then answer batches until EOF.
 
-    Each reply carries the number of its request. A process the model forks and that
-    returns from the model instead of exiting is not the worker: it leaves at once,
-    writing nothing.
+    Each reply carries the number of its request (for a request that cannot be loaded,
+    its count among those received, which is the same). A process the model forks and
+    that returns from the model instead of exiting is not the worker: it leaves at once,
+    writing nothing. Nothing a request, the model or its outputs do ends the worker.
     """
     conn_in = Connection(int(sys.argv[1]), writable=False)
     conn_out = Connection(int(sys.argv[2]), readable=False)
@@ -179,25 +239,46 @@ def child_main() -> None:
         sys.path[:0] = [p for p in paths if p not in sys.path]
         func = pickle.loads(payload)
     except Exception as exc:  # the model cannot be loaded here
-        conn_out.send_bytes(pickle.dumps((0, False, _portable_error(exc))))
+        conn_out.send_bytes(_error_reply(0, exc, exc))
         return
     conn_out.send_bytes(pickle.dumps((0, True, None)))
+    received = 0
     while True:
         try:
-            seq, xs = pickle.loads(conn_in.recv_bytes())
+            data = conn_in.recv_bytes()
         except EOFError:
             return
+        received += 1
         try:
-            reply = (seq, True, func(xs))
+            seq, xs = pickle.loads(data)
+        except BaseException as exc:  # an input that pickled in the parent, not loadable here
+            error: BaseException = RuntimeError(
+                f"the inputs could not be loaded in the worker process: {describe(exc)}"
+            )
+            conn_out.send_bytes(_error_reply(received, error, exc))
+            continue
+        try:
+            outputs = func(xs)
             if os.getpid() != me:
                 os._exit(0)  # a fork of the model's that did not exit
-            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # a model's SystemExit must not end its worker
             if os.getpid() != me:
                 os._exit(0)
-            if not isinstance(exc, Exception):
-                exc = RuntimeError(f"the model raised {describe(exc)}")
-            data = pickle.dumps((seq, False, _portable_error(exc)))
+            error = (
+                exc
+                if isinstance(exc, Exception)
+                else RuntimeError(f"the model raised {describe(exc)}")
+            )
+            conn_out.send_bytes(_error_reply(seq, error, exc))
+            continue
+        try:
+            data = _dumps((seq, True, outputs))
+        except BaseException as exc:
+            error = RuntimeError(
+                "the model's outputs could not be sent back from the worker process:"
+                f" {describe(exc)}"
+            )
+            data = _error_reply(seq, error, exc)
         conn_out.send_bytes(data)
 
 

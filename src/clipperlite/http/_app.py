@@ -3,11 +3,13 @@
 Each route reads a bounded body, hands it to `_codec`, awaits the Clipper and sends
 what `_codec` makes of the answer. Every failure a caller can cause maps to a 4xx
 with a JSON error body, in `_error_response`; a 5xx means the server itself is at
-fault (503: the Clipper is not running).
+fault (503: the Clipper is not running; 500: it runs on another event loop than the
+app's, a misconfiguration that the lifespan refuses at startup).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +46,19 @@ class _BodyTooLarge(Exception):
     """The request body is over `max_body_bytes`."""
 
 
+class _Misconfigured(Exception):
+    """The Clipper cannot answer queries from the app's event loop."""
+
+
+#: What is wrong when the Clipper runs on another event loop than the app, and the fix.
+_WRONG_LOOP = (
+    "the Clipper given to create_app runs on another event loop than the app's (it was "
+    "started in another thread, or by an asyncio.run that has ended), and a Clipper "
+    "answers only on the loop that started it: give create_app an async factory that "
+    "starts the Clipper, or a Clipper not started yet (the app starts it on its own loop)"
+)
+
+
 class _Frontend:
     """The state behind the routes: the Clipper once known, who stops it, its metrics."""
 
@@ -60,6 +75,9 @@ class _Frontend:
             )
         self.max_body_bytes = max_body_bytes
         self._owned = False
+        #: The event loop the Clipper was last seen answering on.
+        self._checked_loop: asyncio.AbstractEventLoop | None = None
+        self._logged_wrong_loop = False
         self.registry = CollectorRegistry()
         if self.clipper is not None:
             self.registry.register(ClipperCollector(self.clipper))
@@ -75,12 +93,16 @@ class _Frontend:
                     "not a Clipper"
                 )
             self.clipper, self._owned = clipper, True
+            self._checked_loop = None
             self.registry = CollectorRegistry()  # a fresh one each time the factory runs
             self.registry.register(ClipperCollector(clipper))
         assert self.clipper is not None
         if not self.clipper.running:
             await self.clipper.start()
             self._owned = True
+        refused = await self.loop_error(self.clipper)
+        if refused is not None:
+            raise ClipperError(f"create_app cannot serve this Clipper: {_WRONG_LOOP}") from refused
 
     async def close(self) -> None:
         """Stop the Clipper if this app started it: every waiting query is answered."""
@@ -104,6 +126,39 @@ class _Frontend:
             raise ClipperClosedError("the Clipper is not running")
         return self.clipper
 
+    async def loop_error(self, clipper: Clipper) -> ClipperError | None:
+        """The error `clipper` raises on this event loop (another loop's), or None.
+
+        An empty `predict_batch` checks the loop first, as every async call does
+        ("Calling from other threads and event loops" in DESIGN.md), then queues and
+        counts nothing; an unknown app is the answer of a Clipper on this loop. Once a
+        loop passed, the check is an identity test.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._checked_loop:
+            return None
+        try:
+            await clipper.predict_batch("", [])
+        except UnknownApplicationError:
+            pass
+        except ClipperClosedError:
+            return None  # not running: nothing learnt about its loop
+        except ClipperError as exc:
+            return exc
+        self._checked_loop = loop
+        return None
+
+    async def serving(self) -> Clipper:
+        """The Clipper, if it serves queries now, from this event loop."""
+        clipper = self.running()
+        refused = await self.loop_error(clipper)
+        if refused is not None:
+            if not self._logged_wrong_loop:  # once: every query would say it again
+                self._logged_wrong_loop = True
+                logger.error("every query is a 500: %s (%s)", _WRONG_LOOP, refused)
+            raise _Misconfigured(_WRONG_LOOP)
+        return clipper
+
     async def body(self, request: Request) -> bytes:
         """The body, refused (413) once it is over the bound: by its Content-Length, or
         while it streams in, before any of it is parsed."""
@@ -122,7 +177,7 @@ class _Frontend:
     async def request(self, request: Request) -> tuple[Clipper, str, str, dict[str, Any]]:
         """(Clipper, app name, its input type, the JSON body) of a POST to an app."""
         body = await self.body(request)
-        clipper = self.running()
+        clipper = await self.serving()
         name = request.path_params["app"]
         input_type = clipper.get_app_info(name)["input_type"]
         return clipper, name, input_type, _codec.parse_json(body)
@@ -169,7 +224,8 @@ class _Frontend:
 
     async def health(self, request: Request) -> Response:
         """GET /health: 200 while the Clipper runs, 503 otherwise."""
-        if self.clipper is not None and self.clipper.running:
+        clipper = self.clipper
+        if clipper is not None and clipper.running and await self.loop_error(clipper) is None:
             return _json(200, {"status": "ok"})
         return _json(503, {"status": "unavailable"})
 
@@ -192,6 +248,8 @@ def _error_response(exc: Exception, request: Request) -> Response:
         return _json(400, _codec.error_json("invalid input", str(exc)))
     if isinstance(exc, ClipperClosedError):
         return _json(503, _codec.error_json("unavailable", "the Clipper is not running"))
+    if isinstance(exc, _Misconfigured):  # the server's fault, never the caller's
+        return _json(500, _codec.error_json("server misconfigured", str(exc)))
     if isinstance(exc, ClipperError):  # a bad slo_micros, a label the policy cannot score
         return _json(400, _codec.error_json("bad request", str(exc)))
     if isinstance(exc, ClientDisconnect):
@@ -221,7 +279,9 @@ def create_app(target: Target, *, max_body_bytes: int = 10_000_000) -> Starlette
 
     Args:
         target: A `Clipper` (started by the app's lifespan and stopped at its end when
-            it is not running yet; left alone when it is), or an `async def` factory
+            it is not running yet; left alone when it is, and then it must run on the
+            event loop that serves the app: the lifespan refuses one started on another
+            loop, and its queries are 500s), or an `async def` factory
             taking no argument and returning a started Clipper with its models
             deployed (run at startup; the Clipper is stopped at shutdown).
         max_body_bytes: The largest request body accepted; a longer one is refused
