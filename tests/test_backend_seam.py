@@ -179,3 +179,56 @@ async def test_a_slow_replica_start_logs_its_progress(
         for m in messages
     ), messages
     assert any("replica 1 of 1 ready after" in m for m in messages), messages
+
+
+class _CancelsOnce:
+    """A replica whose first batch raises CancelledError (a remote call cancelled on the
+    far side), though nothing cancelled the batch."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.calls = 0
+
+    async def run_batch(self, inputs: list[Any]) -> BatchResult:
+        self.calls += 1
+        if self.calls == 1:
+            raise asyncio.CancelledError
+        return BatchResult(self.func(inputs), 0.0)
+
+    async def stop(self, grace_s: float) -> bool:
+        return True
+
+
+class _CancelsOnceBackend:
+    async def start_replica(self, func: Any, *, name: str) -> Replica:
+        return _CancelsOnce(func)
+
+
+@pytest.mark.skipif(
+    not hasattr(asyncio.Task, "cancelling"),
+    reason="Python 3.10 cannot tell a replica's CancelledError from its task's (Task.cancelling)",
+)
+async def test_a_replica_raising_cancelled_error_is_a_model_error_and_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CancelledError a replica raises on its own is its batch's model_error, logged;
+    the replica serves on (its serve loop used to end, silently, and every later query
+    waited out its deadline)."""
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "a",
+            "doubles",
+            _double,
+            default_output=-1.0,
+            slo_micros=2_000_000,
+            backend=_CancelsOnceBackend(),
+        )
+        with caplog.at_level(logging.WARNING, logger="clipperlite"):
+            bad = await clipper.predict("a", [1.0])
+        after = [await clipper.predict("a", [float(i)]) for i in range(2, 5)]
+        stats = clipper.metrics()["models"]["a"]["1"]
+    assert bad.default_cause == "model_error", bad
+    assert "CancelledError" in (bad.default_explanation or "")
+    assert [(p.default, p.output) for p in after] == [(False, 4.0), (False, 6.0), (False, 8.0)]
+    assert stats["replaced_replicas"] == 0
+    assert any("CancelledError" in r.getMessage() for r in caplog.records)

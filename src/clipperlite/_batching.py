@@ -56,6 +56,14 @@ _CANCELLED = Failure(CANCELLED, "query was cancelled by its caller")
 _STOPPED = Failure(DefaultCause.SHUTDOWN, "was stopped while running this query")
 
 
+def _cancelled_here() -> bool:
+    """Whether the running task was asked to cancel, so a CancelledError is its own.
+    Python 3.10 cannot tell (no `Task.cancelling`): there every CancelledError is."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
 def _set_none(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -309,6 +317,13 @@ class Batcher:
         except WorkerDiedError as exc:
             self._log_failure(exc, len(batch))
             return None, Failure(DefaultCause.WORKER_DIED, f"worker died: {exc}"), self.clock() - t0
+        except asyncio.CancelledError as exc:
+            if _cancelled_here():
+                raise
+            # The replica raised it (a remote call cancelled on the far side): its failure.
+            self._log_failure(exc, len(batch))
+            detail = "raised CancelledError, though nothing cancelled the batch"
+            return None, Failure(DefaultCause.MODEL_ERROR, detail), self.clock() - t0
         except Exception as exc:
             self._log_failure(exc, len(batch))
             detail = f"raised {describe(exc)}"
