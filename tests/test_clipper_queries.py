@@ -661,3 +661,25 @@ async def test_deploy_options_are_validated(clipper: Clipper) -> None:
     with pytest.raises(ClipperError):
         await clipper.deploy_model("m", 1, "doubles", "not callable")  # type: ignore[arg-type]
     assert clipper.get_all_models() == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("slo", [np.int64(500_000), np.float32(500_000), 500_000])
+async def test_a_numpy_number_is_a_valid_slo(slo: Any) -> None:
+    """slo_micros may be any real number type, numpy's ints included, as num_replicas may."""
+    async with Clipper() as clipper:
+        await clipper.create_endpoint(
+            "a", "doubles", lambda xs: [x[0] for x in xs], default_output=-1.0, slo_micros=slo
+        )
+        p = await clipper.predict("a", [2.0], slo_micros=slo)
+    assert (p.default, p.output) == (False, 2.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("slo", "says"), [(np.int64(0), "> 0"), ("fast", "a number")])
+async def test_a_bad_slo_says_what_it_must_be(slo: Any, says: str) -> None:
+    """A zero or non-number slo_micros is a ClipperError naming it."""
+    async with Clipper() as clipper:
+        await clipper.create_endpoint("a", "doubles", lambda xs: xs, slo_micros=100_000)
+        with pytest.raises(ClipperError, match=f"slo_micros must be {says}"):
+            await clipper.predict("a", [2.0], slo_micros=slo)

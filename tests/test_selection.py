@@ -890,3 +890,8 @@ def test_exp4_warm_state_rejects_a_malformed_record(models: Any, record: Any, ma
     TypeError saying which entry and what it must be."""
     with pytest.raises(TypeError, match=match):
         Exp4().warm_state(models, record)
+
+
+def test_default_loss_of_a_label_beyond_any_float_is_one() -> None:
+    """A numeric output against an int label too large for a float is wrong, not a crash."""
+    assert default_loss(1.0, 10**400) == 1.0

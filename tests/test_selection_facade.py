@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 import clipperlite
@@ -664,3 +665,49 @@ async def test_feedback_joins_the_input_not_an_input_with_the_same_hash(x: int, 
         await clipper.feedback("app", x, first)  # x's own model was right: nothing moves
         after = weights(clipper.get_policy_state("app"))
     assert after == before
+
+
+class _Picks:
+    """A user policy whose select returns `picked` (any container), as written."""
+
+    def __init__(self, picked: Any) -> None:
+        self.picked = picked
+        self.inner = Exp4()
+
+    def init_state(self, models: list[str], previous: Any = None) -> Any:
+        return self.inner.init_state(models, previous)
+
+    def select(self, state: Any, x: Any) -> Any:
+        return self.picked
+
+    def combine(self, state: Any, x: Any, outputs: dict[str, Any]) -> tuple[Any, float]:
+        return self.inner.combine(state, x, outputs)
+
+    def observe(self, state: Any, x: Any, y: Any, outputs: dict[str, Any]) -> Any:
+        return self.inner.observe(state, x, y, outputs)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "picked", [("b",), np.array(["b"]), iter(["b"])], ids=["tuple", "ndarray", "iterator"]
+)
+async def test_select_may_return_any_iterable_of_names(picked: Any) -> None:
+    """A tuple, a numpy array or an iterator of names selects those models."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=_Picks(picked))
+        await deploy(clipper, "app", {"a": testing.constant("A"), "b": testing.constant("B")})
+        p = await clipper.predict("app", [1.0])
+    assert (p.default, p.output) == (False, "B")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("picked", ["b", 3], ids=["str", "int"])
+async def test_select_returning_no_list_is_a_policy_error_saying_so(picked: Any) -> None:
+    """A str (not a list of one) or a non-iterable from select is a policy error that says
+    what select must return."""
+    async with Clipper() as clipper:
+        clipper.register_application("app", "doubles", "?", SLO, policy=_Picks(picked))
+        await deploy(clipper, "app", {"a": testing.constant("A"), "b": testing.constant("B")})
+        p = await clipper.predict("app", [1.0])
+    assert p.default_cause == "policy_error", p
+    assert "select must return a list of model names" in (p.default_explanation or "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from ._cache import PredictionCache
@@ -144,6 +144,10 @@ class QueryProcessor:
         """The linked models the app's policy picks for xv in `state` (raises if it
         misbehaves)."""
         chosen = a.policy.select(state, xv)
+        if type(chosen) is not list:  # a tuple or an array of names is fine, a str is not
+            if isinstance(chosen, str | bytes) or not isinstance(chosen, Iterable):
+                raise ClipperError(f"select must return a list of model names, got {chosen!r}")
+            chosen = list(chosen)
         if (len(chosen) != 1 or chosen[0] not in a.links) and (
             not chosen or any(m not in a.links for m in chosen)
         ):

@@ -285,7 +285,7 @@ def version_key(version: object) -> str:
 
 def positive(name: str, value: object, *, allow_zero: bool = False) -> float:
     """A finite number above zero (or at least zero), else a ClipperError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ClipperError(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)

@@ -67,7 +67,7 @@ def default_loss(output: Any, label: Any) -> float:
         if isinstance(output, np.ndarray) or isinstance(label, np.ndarray):
             return 0.0 if np.array_equal(output, label) else 1.0
         return 0.0 if output == label else 1.0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float
         return 1.0
 
 
