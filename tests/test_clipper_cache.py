@@ -236,3 +236,42 @@ async def test_a_tight_joiner_of_a_held_query_gets_its_default_on_time(clipper: 
     assert not first_caller.done()
     gate.set()
     assert (await first_caller).output == 4.0
+
+
+def _record(xs: list[Any]) -> list[Any]:
+    return [{"label": "cat", "scores": [0.9, 0.1]} for _ in xs]
+
+
+def _rows(xs: list[Any]) -> Any:
+    return np.array([[0.9, 0.1] for _ in xs])  # one array: each output a row view of it
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("model", [_record, _rows], ids=["dict", "array rows"])
+async def test_a_caller_editing_its_output_changes_no_other_answer(model: Any) -> None:
+    """Outputs are each caller's own: editing one (a dict, an array in place) changes
+    neither the cache nor what the next caller or a joiner of the same query gets."""
+    async with Clipper() as clipper:
+        await clipper.create_endpoint("a", "doubles", model, slo_micros=2_000_000)
+        p1, p2 = await asyncio.gather(
+            clipper.predict("a", [1.0]), clipper.predict("a", [1.0])
+        )  # the second joins the first (single flight)
+        for p in (p1, p2):
+            if isinstance(p.output, dict):
+                p.output["scores"].append(99)
+            else:
+                p.output[:] = 0.0
+        p3 = await clipper.predict("a", [1.0])  # from the cache
+        p3_output = p3.output
+        if isinstance(p3_output, dict):
+            p3_output["label"] = "dog"
+        else:
+            p3_output[0] = -1.0
+        p4 = await clipper.predict("a", [1.0])
+        hits = version_stats(clipper, "a")["cache_hits"]
+    assert hits >= 2
+    if model is _record:
+        assert p4.output == {"label": "cat", "scores": [0.9, 0.1]}
+        assert p2.output is not p1.output
+    else:
+        np.testing.assert_array_equal(p4.output, [0.9, 0.1])

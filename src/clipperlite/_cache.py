@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from ._types import detached
+
 T = TypeVar("T")
 
 _MISS = object()
@@ -100,6 +102,7 @@ class PredictionCache(Generic[T]):
         entry: Any = lru.get(key, _MISS)
         if entry is not _MISS:
             lru.move_to_end(key)
+            return detached(entry)
         return entry
 
     def put(self, key: Hashable, output: Any) -> None:
@@ -116,7 +119,7 @@ class PredictionCache(Generic[T]):
             self._bytes -= old
         if nbytes > self._max_bytes:
             return
-        lru[key] = output
+        lru[key] = detached(output)  # the caller keeps the original, free to edit it
         sizes[key] = nbytes
         self._bytes += nbytes
         while len(lru) > self._size or self._bytes > self._max_bytes:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._types import CANCELLED, DefaultCause, _Dropped
+from ._types import CANCELLED, DefaultCause, _Dropped, detached
 
 QUEUED, TAKEN, DONE = 0, 1, 2
 
@@ -99,9 +99,9 @@ class Query:
         if w is not None and not w.done():
             w.set_result(outcome)
         if self.others is not None:
-            for w in self.others:
+            for w in self.others:  # joiners: each its own copy of a mutable output
                 if not w.done():
-                    w.set_result(outcome)
+                    w.set_result(detached(outcome))
         if self.on_done is not None:
             self.on_done(self, outcome)
 

@@ -3,11 +3,14 @@ default came back, the statistics records, and the `Backend` / `Replica` seam.""
 
 from __future__ import annotations
 
+import copy
 import enum
 import html
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,28 @@ class Failure:
 
     cause: DefaultCause | _Dropped
     detail: str = ""
+
+
+#: Output types that cannot change in place: handed to any number of callers as they are.
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, Failure})
+
+
+def detached(value: Any) -> Any:
+    """An output no other caller holds: the value itself when it cannot change in place
+    (None, numbers, str, bytes, numpy scalars), else a copy (`ndarray.copy`, otherwise a
+    deep copy), so a caller editing its output changes neither the cache nor another
+    caller's answer. An object that cannot be copied is shared as it is."""
+    t = type(value)
+    if t in _ATOMIC:
+        return value
+    if t is np.ndarray:
+        return value.copy()
+    if isinstance(value, np.generic):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
 
 
 class BatchResult(NamedTuple):
