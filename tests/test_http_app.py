@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,10 +15,11 @@ pytest.importorskip("starlette", reason="the http extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (a test need) is not installed")
 
 import anyio.from_thread  # noqa: E402
+import anyio.to_thread  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from clipperlite import Clipper  # noqa: E402
+from clipperlite import Clipper, ClipperError  # noqa: E402
 from clipperlite.http import create_app  # noqa: E402
 
 BASE = "http://clipper"
@@ -301,6 +303,59 @@ async def test_a_factory_is_run_at_startup_and_its_clipper_stopped_at_shutdown()
             assert r.json()["output"] == 2.0
             assert (await h.get("/metrics")).status_code == 200
         assert not made[0].running
+
+
+@pytest.fixture
+def clipper_on_another_loop() -> Iterator[Clipper]:
+    """A Clipper started on an event loop in another thread (docs/sync.md's setup)."""
+    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+        clipper = portal.call(lambda: Clipper(shutdown_grace_s=0.5).start())
+        portal.call(deploy_models, clipper)
+        yield clipper
+        portal.call(clipper.stop)
+
+
+@pytest.mark.anyio
+async def test_a_clipper_on_another_loop_is_a_500_never_a_4xx(
+    clipper_on_another_loop: Clipper,
+) -> None:
+    """Valid queries to a Clipper running on another event loop are 500s naming the
+    misconfiguration, and /health is 503 (the lifespan would have refused to start)."""
+    transport = httpx.ASGITransport(app=create_app(clipper_on_another_loop))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as h:
+        for route, body in [
+            ("/hello-world/predict", {"input": [1.0]}),
+            ("/hello-world/predict", {"input_batch": [[1.0]]}),
+            ("/hello-world/update", {"input": [1.0], "label": 1.0}),
+        ]:
+            r = await h.post(route, json=body)
+            assert r.status_code == 500, r.text
+            assert r.json()["error"] == "server misconfigured"
+            assert "another event loop" in r.json()["cause"]
+            assert "async factory" in r.json()["cause"]
+        assert (await h.get("/health")).status_code == 503
+
+
+@pytest.mark.anyio
+async def test_the_lifespan_refuses_a_clipper_on_another_loop(
+    clipper_on_another_loop: Clipper,
+) -> None:
+    """Startup fails, saying what to do, for a Clipper already running on another loop."""
+    app = create_app(clipper_on_another_loop)
+    with pytest.raises(ClipperError, match=r"another event loop.*async factory"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert clipper_on_another_loop.running  # its owner's to stop
+
+
+@pytest.mark.anyio
+async def test_the_lifespan_refuses_a_clipper_whose_loop_has_ended() -> None:
+    """A Clipper left running by an asyncio.run that returned cannot be served either."""
+    clipper = await anyio.to_thread.run_sync(lambda: asyncio.run(Clipper().start()))
+    app = create_app(clipper)
+    with pytest.raises(ClipperError, match="another event loop"):
+        async with app.router.lifespan_context(app):
+            pass
 
 
 def test_create_app_checks_its_arguments() -> None:

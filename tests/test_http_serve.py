@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -193,6 +194,72 @@ def test_a_bad_target_is_a_message_not_a_traceback(target: str, message: str) ->
     assert "Traceback" not in out.stderr
 
 
+#: A module of targets that are not servable, and a factory that never returns.
+TARGETS = """
+import asyncio, os
+from pathlib import Path
+
+from clipperlite import Clipper
+
+
+def sync_make():
+    return Clipper()
+
+
+async def needs_arg(config):
+    return Clipper()
+
+
+async def hang():
+    Path(os.environ["CLIPPERLITE_TEST_ENTERED"]).touch()
+    await asyncio.Event().wait()
+"""
+
+
+@pytest.mark.parametrize(
+    ("attribute", "what"),
+    [("sync_make", "the function sync_make, a plain def"),
+     ("needs_arg", "needs_arg(config), which needs arguments"), ("Clipper", "the class Clipper")],
+)  # fmt: skip
+def test_an_unservable_callable_is_refused_before_uvicorn_starts(
+    tmp_path: Path, attribute: str, what: str
+) -> None:
+    """A plain def factory, an async def needing arguments or a class is one line, status 2."""
+    (tmp_path / "targets.py").write_text(TARGETS)
+    out = subprocess.run(
+        [*command(), "serve", f"targets:{attribute}", "--port", str(free_port())],
+        cwd=tmp_path, capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert what in out.stderr
+    assert "serve takes a Clipper" in out.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_abandons_a_factory_that_hangs_at_startup(tmp_path: Path, sig: int) -> None:
+    """SIGTERM or Ctrl-C while the factory still runs cancels it: one line, status 3."""
+    (tmp_path / "targets.py").write_text(TARGETS)
+    entered = tmp_path / "entered"
+    process = subprocess.Popen(
+        [*command(), "serve", "targets:hang", "--port", str(free_port()),
+         "--log-level", "warning"],
+        cwd=tmp_path, env={**os.environ, "CLIPPERLITE_TEST_ENTERED": str(entered)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: entered.exists() or process.poll() is not None, timeout=60)
+        process.send_signal(sig)
+        assert process.wait(20) == 3
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output, _ = process.communicate(timeout=10)
+    assert output.count("\n") == 1, output
+    assert "startup was abandoned" in output
+    assert "Traceback" not in output
+
+
 def test_without_the_extra_serve_prints_the_install_line(tmp_path: Path) -> None:
     """With starlette unimportable, `clipperlite serve` prints the pip line and exits non-zero."""
     (tmp_path / "starlette.py").write_text("raise ImportError('starlette is not installed')\n")
@@ -223,13 +290,45 @@ def test_as_asgi_takes_a_clipper_a_factory_or_an_app() -> None:
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         return None
 
-    app = create_app(Clipper())
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            return None
+
+    app, instance = create_app(Clipper()), App()
     assert isinstance(as_asgi(Clipper()), Starlette)
     assert isinstance(as_asgi(factory), Starlette)
+    assert isinstance(as_asgi(functools.partial(factory)), Starlette)
     assert as_asgi(app) is app
     assert as_asgi(asgi) is asgi
+    assert as_asgi(instance) is instance
     with pytest.raises(TypeError, match="serve takes"):
         as_asgi(42)
+
+
+def test_as_asgi_says_what_it_cannot_serve() -> None:
+    """A callable that is neither a factory nor an ASGI app is a TypeError saying what it is."""
+    from clipperlite import Clipper
+    from clipperlite.http._serve import as_asgi
+
+    def sync_make() -> Clipper:
+        return Clipper()
+
+    async def needs_two(a: Any, b: Any) -> None:
+        return None
+
+    class SyncApp:
+        def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            return None
+
+    for target, what in [
+        (sync_make, "sync_make, a plain def"),
+        (needs_two, "the async callable needs_two(a, b), which needs arguments"),
+        (Clipper, "the class Clipper"),
+        (SyncApp(), "a SyncApp, callable but not async"),
+    ]:
+        with pytest.raises(TypeError, match="serve takes a Clipper") as info:
+            as_asgi(target)
+        assert what in str(info.value)
 
 
 def test_serve_refuses_an_unknown_log_level() -> None:
@@ -239,6 +338,16 @@ def test_serve_refuses_an_unknown_log_level() -> None:
 
     with pytest.raises(ValueError, match="log_level"):
         serve(Clipper(), log_level="loud")
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_serve_refuses_a_port_out_of_range(port: int) -> None:
+    """A port outside 0 to 65535 is a ValueError before anything binds."""
+    from clipperlite import Clipper
+    from clipperlite.http import serve
+
+    with pytest.raises(ValueError, match="port must be an int from 0 to 65535"):
+        serve(Clipper(), port=port)
 
 
 def test_the_command_reports_a_bad_target_in_process(capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,3 +43,21 @@ def test_load_target_says_what_is_wrong(spec: str, message: str) -> None:
 def test_load_target_follows_dotted_attributes() -> None:
     """`module:a.b` is the attribute b of the attribute a."""
     assert cli.load_target("os:path.join") is __import__("os").path.join
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1", "abc"])
+def test_a_port_out_of_range_is_an_argparse_error(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--port` outside 0 to 65535 is refused by argparse (status 2), before the target loads."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "no_such_module_anywhere:x", "--port", port])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --port: expected an integer from 0 to 65535, got {port!r}" in err
+    assert "Traceback" not in err
+
+
+def test_tcp_port_takes_every_port() -> None:
+    """0 (any free port) to 65535 are ports."""
+    assert [cli.tcp_port(p) for p in ("0", "1337", "65535")] == [0, 1337, 65535]

@@ -49,6 +49,21 @@ def load_target(spec: str) -> Any:
 _MISSING = object()
 
 
+def tcp_port(text: str) -> int:
+    """A TCP port from the command line: an integer from 0 (any free port) to 65535.
+
+    Raises:
+        argparse.ArgumentTypeError: It is not one (argparse prints it, exit status 2).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 65535, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipperlite", description="Clipper's prediction serving, as a library."
@@ -63,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("target", help="module:attribute, e.g. myservice:make")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    serve.add_argument("--port", type=int, default=1337, help="port (default: 1337, Clipper's)")
+    serve.add_argument(
+        "--port", type=tcp_port, default=1337, help="port (default: 1337, Clipper's)"
+    )
     serve.add_argument(
         "--log-level",
         default="info",
