@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ._types import detached
+from ._types import ATOMIC, detached
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ class PredictionCache(Generic[T]):
         entry: Any = lru.get(key, _MISS)
         if entry is not _MISS:
             lru.move_to_end(key)
-            return detached(entry)
+            return entry if type(entry) in ATOMIC else detached(entry)
         return entry
 
     def put(self, key: Hashable, output: Any) -> None:
@@ -119,7 +119,8 @@ class PredictionCache(Generic[T]):
             self._bytes -= old
         if nbytes > self._max_bytes:
             return
-        lru[key] = detached(output)  # the caller keeps the original, free to edit it
+        # The caller keeps the original, free to edit it.
+        lru[key] = output if type(output) in ATOMIC else detached(output)
         sizes[key] = nbytes
         self._bytes += nbytes
         while len(lru) > self._size or self._bytes > self._max_bytes:

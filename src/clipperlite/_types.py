@@ -134,7 +134,7 @@ class Failure:
 
 
 #: Output types that cannot change in place: handed to any number of callers as they are.
-_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, Failure})
+ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, Failure})
 
 
 def detached(value: Any) -> Any:
@@ -143,7 +143,7 @@ def detached(value: Any) -> Any:
     deep copy), so a caller editing its output changes neither the cache nor another
     caller's answer. An object that cannot be copied is shared as it is."""
     t = type(value)
-    if t in _ATOMIC:
+    if t in ATOMIC:
         return value
     if t is np.ndarray:
         return value.copy()
