@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ._types import ATOMIC, detached
+from ._types import ATOMIC, copier
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ class PredictionCache(Generic[T]):
     loop.
     """
 
-    __slots__ = ("_bytes", "_inflight", "_lru", "_max_bytes", "_size", "_sizes")
+    __slots__ = ("_bytes", "_copiers", "_inflight", "_lru", "_max_bytes", "_size", "_sizes")
 
     MISS: Any = _MISS
 
@@ -72,6 +72,8 @@ class PredictionCache(Generic[T]):
         self._max_bytes = max_bytes if max_bytes is not None else 2**62
         self._lru: OrderedDict[Hashable, Any] | None = OrderedDict() if size else None
         self._sizes: dict[Hashable, int] = {}
+        #: How to copy each mutable entry for a caller (entries not here are shared).
+        self._copiers: dict[Hashable, Callable[[Any], Any]] = {}
         self._bytes = 0
         self._inflight: dict[Hashable, T] = {}
 
@@ -102,7 +104,10 @@ class PredictionCache(Generic[T]):
         entry: Any = lru.get(key, _MISS)
         if entry is not _MISS:
             lru.move_to_end(key)
-            return entry if type(entry) in ATOMIC else detached(entry)
+            if type(entry) in ATOMIC:
+                return entry
+            copy = self._copiers.get(key)
+            return entry if copy is None else copy(entry)
         return entry
 
     def put(self, key: Hashable, output: Any) -> None:
@@ -112,19 +117,27 @@ class PredictionCache(Generic[T]):
         if lru is None:
             return
         sizes = self._sizes
+        copiers = self._copiers
         nbytes = size_of(key) + size_of(output)
         old = sizes.pop(key, None)
         if old is not None:
             del lru[key]
+            copiers.pop(key, None)
             self._bytes -= old
         if nbytes > self._max_bytes:
             return
-        # The caller keeps the original, free to edit it.
-        lru[key] = output if type(output) in ATOMIC else detached(output)
+        copy = None if type(output) in ATOMIC else copier(output)
+        if copy is None:
+            lru[key] = output
+        else:  # the caller keeps the original, free to edit it; each hit gets a copy
+            lru[key] = copy(output)
+            copiers[key] = copy
         sizes[key] = nbytes
         self._bytes += nbytes
         while len(lru) > self._size or self._bytes > self._max_bytes:
-            self._bytes -= sizes.pop(lru.popitem(last=False)[0])
+            gone = lru.popitem(last=False)[0]
+            self._bytes -= sizes.pop(gone)
+            copiers.pop(gone, None)
 
     def pending(self, key: Hashable) -> T | None:
         """The token of an identical query still in flight, if any."""
@@ -148,6 +161,7 @@ class PredictionCache(Generic[T]):
         for k in doomed:
             del self._lru[k]
             self._bytes -= self._sizes.pop(k)
+            self._copiers.pop(k, None)
         return len(doomed)
 
     def __len__(self) -> int:

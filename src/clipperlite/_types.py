@@ -3,7 +3,6 @@ default came back, the statistics records, and the `Backend` / `Replica` seam.""
 
 from __future__ import annotations
 
-import copy
 import enum
 import html
 from collections.abc import Callable, Mapping
@@ -136,23 +135,60 @@ class Failure:
 #: Output types that cannot change in place: handed to any number of callers as they are.
 ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, Failure})
 
+#: Items (list and tuple entries, dict values) `detached` copies at most per output: a
+#: container that would pass it is shared, so an output that refers to a big shared
+#: structure never costs a copy of it on every answer.
+_DETACH_BUDGET = 4096
+
 
 def detached(value: Any) -> Any:
-    """An output no other caller holds: the value itself when it cannot change in place
-    (None, numbers, str, bytes, numpy scalars), else a copy (`ndarray.copy`, otherwise a
-    deep copy), so a caller editing its output changes neither the cache nor another
-    caller's answer. An object that cannot be copied is shared as it is."""
+    """An output no other caller holds: its containers copied, its values shared.
+
+    Lists, dicts and tuples are rebuilt (a tuple only when it holds a container), and
+    a numeric numpy array is copied, so a caller editing the structure it got back (a
+    dict's entries, a list, an array in place) changes neither the cache nor another
+    caller's answer. Anything else (numbers, strings, numpy scalars, objects of other
+    types, and containers past `_DETACH_BUDGET` items in all) is shared as it is.
+    """
+    return _detach(value, [_DETACH_BUDGET])
+
+
+def _detach(value: Any, left: list[int]) -> Any:
     t = type(value)
     if t in ATOMIC:
         return value
     if t is np.ndarray:
-        return value.copy()
-    if isinstance(value, np.generic):
+        return value if value.dtype.kind == "O" else value.copy()
+    if t is not list and t is not dict and t is not tuple:
         return value
-    try:
-        return copy.deepcopy(value)
-    except Exception:
+    if len(value) > left[0]:
         return value
+    left[0] -= len(value)
+    if t is dict:
+        return {k: v if type(v) in ATOMIC else _detach(v, left) for k, v in value.items()}
+    if ATOMIC.issuperset(map(type, value)):
+        return value if t is tuple else value.copy()
+    items = [v if type(v) in ATOMIC else _detach(v, left) for v in value]
+    return tuple(items) if t is tuple else items
+
+
+def copier(value: Any) -> Callable[[Any], Any] | None:
+    """How to give each caller its own copy of `value` cheaply (None: share it): what a
+    cache works out once per entry, so a hit costs a C-level copy of a flat list."""
+    t = type(value)
+    if t in ATOMIC:
+        return None
+    if t is np.ndarray:
+        return None if value.dtype.kind == "O" else np.ndarray.copy
+    if t is list and ATOMIC.issuperset(map(type, value)):
+        return list.copy
+    if t is dict and ATOMIC.issuperset(map(type, value.values())):
+        return dict.copy
+    if t is tuple and ATOMIC.issuperset(map(type, value)):
+        return None
+    if t is list or t is dict or t is tuple:
+        return detached
+    return None
 
 
 class BatchResult(NamedTuple):
