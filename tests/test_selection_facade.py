@@ -711,3 +711,22 @@ async def test_select_returning_no_list_is_a_policy_error_saying_so(picked: Any)
         p = await clipper.predict("app", [1.0])
     assert p.default_cause == "policy_error", p
     assert "select must return a list of model names" in (p.default_explanation or "")
+
+
+@pytest.mark.anyio
+async def test_feedback_joins_an_equal_input_made_of_other_objects() -> None:
+    """Feedback on an input equal to the predicted one but built anew (a str repeated as
+    one object, against equal copies from json) joins the same served record."""
+    import json as _json
+
+    s = "ab"
+    async with Clipper(seed=0) as clipper:
+        clipper.register_application("app", "any", None, SLO, policy="exp3")
+        await deploy(
+            clipper, "app", {"a": testing.constant("A"), "b": testing.constant("B")}, "any"
+        )
+        served = (await clipper.predict("app", [s, s])).output
+        before = weights(clipper.get_policy_state("app"))
+        await clipper.feedback("app", _json.loads('["ab", "ab"]'), served)  # it was right
+        after = weights(clipper.get_policy_state("app"))
+    assert after == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 import pickle
 import reprlib
@@ -311,11 +312,18 @@ def join_key(key: Hashable) -> int:
 
     A bytes or str key's own hash is that already (SipHash of the content). A
     structured key ("any" inputs) is hashed through its pickle, since Python's hash of
-    ints and floats is not: hash(-1) == hash(-2), hash(2**61) == hash(1).
+    ints is not random (hash(-1) == hash(-2), hash(2**61) == hash(1)). The pickler runs
+    in fast mode, without its memo, so the bytes depend on the key's content only, not
+    on which of its parts are one object (the key is a tree of tagged scalars, bytes and
+    tuples, with no cycle for fast mode to trip on).
     """
     if type(key) is bytes or type(key) is str:
         return hash(key)
-    return hash(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL))
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(key)
+    return hash(buffer.getvalue())
 
 
 def make_key_func(input_type: str) -> KeyFunc:
