@@ -236,6 +236,45 @@ def test_an_unservable_callable_is_refused_before_uvicorn_starts(
     assert "serve takes a Clipper" in out.stderr
 
 
+#: A factory that receives SIGTERM as it returns, while uvicorn is still to bind (slowed).
+SIGNALLED_AS_IT_RETURNS = """
+import asyncio, os, signal
+import asyncio.base_events
+
+from clipperlite import Clipper
+
+_create_server = asyncio.base_events.BaseEventLoop.create_server
+
+
+async def _slow_create_server(self, *args, **kwargs):
+    await asyncio.sleep(0.5)  # a slow bind
+    return await _create_server(self, *args, **kwargs)
+
+
+asyncio.base_events.BaseEventLoop.create_server = _slow_create_server
+
+
+async def make():
+    clipper = await Clipper().start()
+    await clipper.create_endpoint("a", "doubles", lambda xs: xs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return clipper
+"""
+
+
+def test_a_signal_after_the_factory_returned_is_a_graceful_stop(tmp_path: Path) -> None:
+    """Once the app's startup is complete, a SIGTERM before uvicorn has bound is a graceful
+    shutdown (status 0), not an abandoned startup."""
+    (tmp_path / "late.py").write_text(SIGNALLED_AS_IT_RETURNS)
+    out = subprocess.run(
+        [*command(), "serve", "late:make", "--port", str(free_port())],
+        cwd=tmp_path, capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "abandoned" not in out.stderr
+    assert "Application shutdown complete" in out.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_abandons_a_factory_that_hangs_at_startup(tmp_path: Path, sig: int) -> None:
     """SIGTERM or Ctrl-C while the factory still runs cancels it: one line, status 3."""

@@ -148,6 +148,9 @@ class _AbandonableStartup:
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
         self.abandoned = False
+        #: Whether the app has said its startup is complete (from then on a signal is
+        #: uvicorn's to handle: a graceful shutdown).
+        self.started = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -155,7 +158,9 @@ class _AbandonableStartup:
             return
 
         async def lifespan_send(message: Any) -> None:
-            if self.abandoned and message["type"] == "lifespan.startup.failed":
+            if message["type"] == "lifespan.startup.complete":
+                self.started = True
+            elif self.abandoned and message["type"] == "lifespan.startup.failed":
                 message = {"type": "lifespan.startup.failed", "message": ""}
             await send(message)
 
@@ -167,7 +172,7 @@ async def _serve(server: uvicorn.Server, app: _AbandonableStartup) -> None:
     serving = asyncio.ensure_future(server.serve())
     try:
         while not server.started and not serving.done():
-            if server.should_exit:
+            if server.should_exit and not app.started:
                 app.abandoned = True
                 serving.cancel()
                 await asyncio.wait({serving})
