@@ -357,11 +357,27 @@ def test_error_bodies() -> None:
     assert _codec.error_json("invalid input", "why") == {"error": "invalid input", "cause": "why"}
 
 
-@pytest.mark.parametrize("number", ["1e400", "-1e400", "1" + "0" * 400 + ".5"])
-def test_a_number_too_large_for_a_float_is_malformed_json(number: str) -> None:
+@pytest.mark.parametrize("number", ["1e400", "-1E+0400", "2.5e308"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_number_too_large_for_a_float_is_malformed_json(number: str, encoding: str) -> None:
     """Python reads 1e400 as an infinity: it is refused as NaN and Infinity are."""
     with pytest.raises(RequestError, match="too large for a float"):
-        _codec.parse_json(f'{{"input": [1.0, {number}]}}'.encode())
+        _codec.parse_json(f'{{"input": [1.0, {number}]}}'.encode(encoding))
+
+
+@pytest.mark.parametrize("input_type", ["doubles", "floats"])
+def test_a_float_input_with_309_digits_is_refused(input_type: str) -> None:
+    """Without an exponent a number overflows only with 309 digits in a row: a float
+    input holding one is refused when decoded."""
+    body = _codec.parse_json(('{"input": [1.0, -' + "1" * 310 + ".5]}").encode())
+    with pytest.raises(RequestError, match="too large for a float"):
+        _codec.decode_predict(body, input_type)
+
+
+def test_a_body_of_plain_floats_parses_as_json_does() -> None:
+    """The fast path (no exponent in the body) gives what json.loads gives."""
+    body = json.dumps({"input": [i * 0.001 for i in range(500)], "slo_micros": 5}).encode()
+    assert _codec.parse_json(body) == json.loads(body)
 
 
 @pytest.mark.parametrize("slo", [10**400, -(10**400)])
