@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from clipperlite._cache import PredictionCache
@@ -201,3 +202,23 @@ def test_bad_sizes_raise_value_error(bad: Any) -> None:
     """A size that is not an int >= 0 (bools included) raises ValueError naming it."""
     with pytest.raises(ValueError, match="cache_size"):
         PredictionCache(bad)
+
+
+def test_outputs_are_copied_structurally_and_bounded() -> None:
+    """The cache gives each hit its own containers and arrays; values, flat tuples and
+    containers past the budget are shared, so a big shared structure is never copied."""
+    from clipperlite._types import copier, detached
+
+    big = {i: i for i in range(10_000)}
+    nested = {"scores": [0.9, 0.1], "table": big, "pair": (1, 2), "arr": np.zeros(2)}
+    cache: PredictionCache[Any] = PredictionCache(10)
+    cache.put("k", nested)
+    hit = cache.get("k")
+    assert hit == {**nested, "arr": hit["arr"]} and hit is not nested
+    assert hit["scores"] is not nested["scores"] and hit["arr"] is not nested["arr"]
+    assert hit["table"] is big and hit["pair"] is nested["pair"]
+    hit["scores"].append(99)
+    assert cache.get("k")["scores"] == [0.9, 0.1]
+    flat = [np.float64(1.0), 2, "a"]
+    assert copier(flat) is list.copy and copier((1, "a")) is None and copier(3.0) is None
+    assert detached(((1, [2]),)) == ((1, [2]),)

@@ -132,8 +132,12 @@ class Failure:
     detail: str = ""
 
 
-#: Output types that cannot change in place: handed to any number of callers as they are.
-ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, Failure})
+#: Output types that cannot change in place: handed to any number of callers as they are
+#: (numpy's scalars too, so a list of them is copied as a flat list).
+ATOMIC = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, Failure}
+    | {np.dtype(c).type for c in "?bBhHiIlLqQefdgFDGSU"}
+)
 
 #: Items (list and tuple entries, dict values) `detached` copies at most per output: a
 #: container that would pass it is shared, so an output that refers to a big shared
