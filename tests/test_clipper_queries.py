@@ -676,7 +676,10 @@ async def test_a_numpy_number_is_a_valid_slo(slo: Any) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("slo", "says"), [(np.int64(0), "> 0"), ("fast", "a number")])
+@pytest.mark.parametrize(
+    ("slo", "says"),
+    [(np.int64(0), "> 0"), ("fast", "a number"), (float("inf"), "> 0 and finite")],
+)
 async def test_a_bad_slo_says_what_it_must_be(slo: Any, says: str) -> None:
     """A zero or non-number slo_micros is a ClipperError naming it."""
     async with Clipper() as clipper:

@@ -295,7 +295,11 @@ def positive(name: str, value: object, *, allow_zero: bool = False) -> float:
         raise ClipperError(f"{name} must be a finite number, got {shown}") from None
     if math.isnan(number):
         raise ClipperError(f"{name} must be a number, got {value!r}")
-    if number < 0 or (number == 0 and not allow_zero) or math.isinf(number):
+    if math.isinf(number):
+        raise ClipperError(
+            f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}"
+        )
+    if number < 0 or (number == 0 and not allow_zero):
         raise ClipperError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return number
 
