@@ -117,6 +117,13 @@ def _unpicklable_error_model() -> Any:
     return model
 
 
+async def _serve_in_process(clipper: Clipper, input_type: str, model: Any, default: Any) -> None:
+    """App and model "p" on the process backend, with a deadline no probe here nears."""
+    await clipper.create_endpoint(
+        "p", input_type, model, default_output=default, backend="process", slo_micros=5_000_000
+    )
+
+
 @pytest.mark.anyio
 async def test_outputs_of_a_class_defined_by_value_come_back() -> None:
     """Outputs pickle cannot name come back via cloudpickle, as the model's own class."""
@@ -134,9 +141,7 @@ async def test_an_error_of_a_class_defined_by_value_comes_back_as_itself() -> No
     """A model's exception of its own class is reported under its name, not as RuntimeError."""
     model, _ = _raising_model()
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "p", "doubles", model, default_output=-1.0, backend="process", slo_micros=5_000_000
-        )
+        await _serve_in_process(clipper, "doubles", model, -1.0)
         bad = await clipper.predict("p", [-1.0])
         good = await clipper.predict("p", [2.0])
     assert bad.default_cause == "model_error", bad
@@ -149,14 +154,7 @@ async def test_outputs_that_cannot_be_sent_back_fail_the_batch_saying_so() -> No
     """An output no pickler can send is a model_error saying so (no per-item hint); the
     worker serves on, not replaced."""
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "p",
-            "doubles",
-            _lock_returning_model(),
-            default_output=-1.0,
-            backend="process",
-            slo_micros=5_000_000,
-        )
+        await _serve_in_process(clipper, "doubles", _lock_returning_model(), -1.0)
         bad = await clipper.predict("p", [-1.0])
         after = [await clipper.predict("p", [float(i)]) for i in range(3)]
         stats = version_stats(clipper, "p")
@@ -174,9 +172,7 @@ async def test_an_input_the_worker_cannot_load_fails_its_batch_and_the_worker_se
     """An "any" input that pickles here but not there is a model_error saying why, answered
     by the same worker process, which answers the next query at once."""
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "p", "any", _pid_model(), default_output=-1, backend="process", slo_micros=5_000_000
-        )
+        await _serve_in_process(clipper, "any", _pid_model(), -1)
         before = await clipper.predict("p", 1)
         bad = await clipper.predict("p", _only_loads_here())
         after = await clipper.predict("p", 2)
@@ -193,9 +189,7 @@ async def test_an_input_that_cannot_be_sent_fails_its_batch_saying_so() -> None:
     """An "any" input no pickler can send is a model_error saying so, without the
     per-item hint meant for a model's own TypeError."""
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "p", "any", _pid_model(), default_output=-1, backend="process", slo_micros=5_000_000
-        )
+        await _serve_in_process(clipper, "any", _pid_model(), -1)
         bad = await clipper.predict("p", threading.Lock())
         after = await clipper.predict("p", 2)
     text = bad.default_explanation or ""
@@ -212,14 +206,7 @@ async def test_a_models_error_is_logged_with_the_models_own_frames(
     """The WARNING for a model's exception in a worker shows the worker-side traceback."""
     caplog.set_level(logging.WARNING, logger="clipperlite")
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "p",
-            "doubles",
-            _deeply_failing_model(),
-            default_output=-1.0,
-            backend="process",
-            slo_micros=5_000_000,
-        )
+        await _serve_in_process(clipper, "doubles", _deeply_failing_model(), -1.0)
         bad = await clipper.predict("p", [7.0])
     assert bad.default_cause == "model_error", bad
     assert "raised ZeroDivisionError: no answer for 7.0" in (bad.default_explanation or "")
@@ -236,14 +223,7 @@ async def test_an_error_that_cannot_travel_is_described_with_its_traceback(
     log still shows the model's frames, and the worker serves on."""
     caplog.set_level(logging.WARNING, logger="clipperlite")
     async with Clipper(cache_size=0) as clipper:
-        await clipper.create_endpoint(
-            "p",
-            "doubles",
-            _unpicklable_error_model(),
-            default_output=-1.0,
-            backend="process",
-            slo_micros=5_000_000,
-        )
+        await _serve_in_process(clipper, "doubles", _unpicklable_error_model(), -1.0)
         bad = await clipper.predict("p", [1.0])
         stats = version_stats(clipper, "p")
     assert bad.default_cause == "model_error", bad
